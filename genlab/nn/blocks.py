@@ -1,0 +1,145 @@
+"""Reusable network blocks. Never imports a family: families (and exported encoders) import these.
+
+Every encoder maps (B, *in_shape) images in [0, 1] to (B, out_features) codes and exposes
+`features` (the spatial trunk, for Grad-CAM and feature maps) and `head` (trunk -> code).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU,
+               "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+def _act(name: str) -> nn.Module:
+    return ACTIVATIONS[name]()
+
+
+def _conv_sizes(h: int, w: int, n: int) -> list[tuple[int, int]]:
+    """Spatial sizes after each of n stride-2 convs (kernel 4, padding 1): floor(x / 2)."""
+    sizes = [(h, w)]
+    for _ in range(n):
+        h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"input {sizes[0]} is too small for {n} stride-2 layers")
+        sizes.append((h, w))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 convolutions (kernel 4, padding 1: each halves H and W), then a linear code.
+
+    (B, C, H, W) -> features (B, channels[-1], H / 2^n, W / 2^n) -> code (B, bottleneck).
+    """
+
+    def __init__(self, in_shape: list[int], channels: list[int], bottleneck: int,
+                 norm: str = "none", activation: str = "leaky_relu", spectral_norm: bool = False):
+        super().__init__()
+        c, h, w = in_shape
+        self.in_shape, self.out_features = list(in_shape), bottleneck
+        self.sizes = _conv_sizes(h, w, len(channels))
+        layers: list[nn.Module] = []
+        for cin, cout in zip([c, *channels[:-1]], channels):
+            conv = nn.Conv2d(cin, cout, 4, stride=2, padding=1, bias=norm == "none")
+            layers.append(nn.utils.spectral_norm(conv) if spectral_norm else conv)
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(_act(activation))
+        self.features = nn.Sequential(*layers)
+        fh, fw = self.sizes[-1]
+        self.feature_shape = (channels[-1], fh, fw)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * fh * fw, bottleneck))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of ConvEncoder: code -> (B, C, H, W) through stride-2 transposed convolutions.
+
+    `output_padding` per layer restores odd sizes exactly (e.g. 28 -> 14 -> 7 -> 3 -> 7 -> 14 -> 28).
+    """
+
+    def __init__(self, out_shape: list[int], channels: list[int], bottleneck: int,
+                 norm: str = "none", activation: str = "leaky_relu", output: str = "sigmoid"):
+        super().__init__()
+        c, h, w = out_shape
+        sizes = _conv_sizes(h, w, len(channels))  # encoder sizes, input first
+        fh, fw = sizes[-1]
+        self.fc = nn.Linear(bottleneck, channels[-1] * fh * fw)
+        self.start_shape = (channels[-1], fh, fw)
+        rev = list(reversed(channels))
+        layers: list[nn.Module] = [_act(activation)]
+        outs = [*rev[1:], c]
+        for i, (cin, cout) in enumerate(zip(rev, outs)):
+            src, dst = sizes[-1 - i], sizes[-2 - i]
+            pad = (dst[0] - 2 * src[0], dst[1] - 2 * src[1])
+            last = i == len(rev) - 1
+            layers.append(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, output_padding=pad,
+                                             bias=last or norm == "none"))
+            if not last:
+                if norm == "batch":
+                    layers.append(nn.BatchNorm2d(cout))
+                layers.append(_act(activation))
+        if output == "sigmoid":
+            layers.append(nn.Sigmoid())
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(self.fc(z).view(z.shape[0], *self.start_shape))
+
+
+class DenseEncoder(nn.Module):
+    """Flatten, then Linear + activation per hidden width, then a linear code.
+
+    The first Linear's weight (hidden[0], C*H*W) reshaped to the image is the classic filter render.
+    """
+
+    def __init__(self, in_shape: list[int], hidden: list[int], bottleneck: int,
+                 activation: str = "relu", code_activation: str = "none"):
+        super().__init__()
+        self.in_shape, self.out_features = list(in_shape), bottleneck
+        n_in = math.prod(in_shape)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip([n_in, *hidden[:-1]], hidden):
+            layers += [nn.Linear(a, b), _act(activation)]
+        self.features = nn.Sequential(*layers)
+        head: list[nn.Module] = [nn.Linear(hidden[-1] if hidden else n_in, bottleneck)]
+        if code_activation != "none":
+            head.append(_act(code_activation))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class DenseDecoder(nn.Module):
+    """Mirror of DenseEncoder: code -> hidden widths reversed -> image."""
+
+    def __init__(self, out_shape: list[int], hidden: list[int], bottleneck: int,
+                 activation: str = "relu", output: str = "sigmoid"):
+        super().__init__()
+        self.out_shape = list(out_shape)
+        n_out = math.prod(out_shape)
+        widths = [bottleneck, *reversed(hidden)]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), _act(activation)]
+        layers.append(nn.Linear(widths[-1], n_out))
+        if output == "sigmoid":
+            layers.append(nn.Sigmoid())
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z).view(z.shape[0], *self.out_shape)
+
+
+def first_layer(module: nn.Module) -> nn.Module | None:
+    """The first Conv2d or Linear of a module (the layer whose weights are rendered as filters)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            return m
+    return None

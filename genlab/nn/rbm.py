@@ -1,0 +1,697 @@
+"""Restricted Boltzmann machines as a reusable block: the maths, the monitors, exact and AIS log Z.
+
+Energy (Bernoulli visible, v in {0,1}^V, h in {0,1}^H, W is (H, V) so W[j] is unit j's filter):
+
+    E(v, h) = -b_v.v - b_h.h - h^T W v
+    F(v)    = -b_v.v - sum_j softplus(b_h_j + W_j.v)                      # free energy
+
+Gaussian visible (per-unit sigma_i, Hinton's practical guide form, v/sigma enters the hidden units):
+
+    E(v, h) = sum_i (v_i - b_v_i)^2 / (2 sigma_i^2) - b_h.h - h^T W (v / sigma)
+    F(v)    = sum_i (v_i - b_v_i)^2 / (2 sigma_i^2) - sum_j softplus(b_h_j + W_j.(v / sigma))
+    p(v_i | h) = N(b_v_i + sigma_i (W^T h)_i, sigma_i^2)
+
+Training. `cd_loss(v_data, v_model) = mean F(v_data) - mean F(v_model)`, with the negative sample
+detached, has exactly the CD/PCD gradient: for W it is -<p(h|v) v^T>_data + <p(h|v) v^T>_model
+(hidden probabilities, not samples, Rao-Blackwellised as in scikit-learn). So any torch optimizer
+applies the update; weight decay belongs to the optimizer (``SGD(weight_decay=...)``, or better a
+param group with decay on ``W`` only, as Hinton's guide recommends) and the momentum schedule too
+(`momentum_at`). `fit_cd` is a fused, autograd-free SGD loop over the same update for Bernoulli
+RBMs (used by the scikit-learn wrapper, where per-op overhead at batch size 10 dominates).
+
+Monitors: `reconstruction_error`, `pseudo_log_likelihood` (scikit-learn's definition),
+`free_energy_gap` (Hinton's overfitting monitor), exact `log_partition_exact` /
+`log_likelihood_exact` for small models, and AIS (`ais_log_partition`, `ais_log_likelihood`,
+Salakhutdinov & Murray 2008) for larger ones.
+
+This module knows nothing of families or the trainer.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "RBM",
+    "momentum_at",
+    "base_rate_bias",
+    "ais_betas",
+    "ais_log_partition",
+    "ais_log_likelihood",
+    "pseudo_log_likelihood",
+    "free_energy_gap",
+    "fit_cd",
+]
+
+_LOG_2 = math.log(2.0)
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _flat(v: Tensor) -> Tensor:
+    """(B, *shape) -> (B, prod(shape)); images may be passed as (B, C, H, W)."""
+    return v.flatten(1) if v.dim() > 2 else v
+
+
+def base_rate_bias(x: Tensor, eps: float = 1e-3) -> Tensor:
+    """Visible biases of the base-rate model: log(p / (1 - p)) of the data mean, p clamped.
+
+    x: (B, V) or (B, *shape) in [0, 1]. Returns (V,). Hinton's guide, section 8.1.
+    """
+    p = _flat(x).double().mean(0).clamp(eps, 1.0 - eps)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def momentum_at(step: int, initial: float = 0.5, final: float = 0.9, switch_step: int = 5) -> float:
+    """Hinton's momentum schedule: `initial` before `switch_step`, `final` from then on.
+
+    Momentum is an optimizer setting; a family sets ``group["momentum"] = momentum_at(step, ...)``
+    on its SGD optimizer before each step.
+    """
+    return float(initial if step < switch_step else final)
+
+
+def _binary_configs(n: int, start: int, stop: int, dtype: torch.dtype, device) -> Tensor:
+    """All n-bit configurations numbered start..stop-1, as (stop - start, n) rows of 0/1."""
+    ints = torch.arange(start, stop, device=device, dtype=torch.int64)
+    bits = torch.arange(n, device=device, dtype=torch.int64)
+    return ((ints[:, None] >> bits[None, :]) & 1).to(dtype)
+
+
+class RBM(nn.Module):
+    """A restricted Boltzmann machine with Bernoulli hidden units.
+
+    Args:
+        n_visible: V, number of visible units (a flattened image: C*H*W).
+        n_hidden: H, number of hidden units.
+        visible: "bernoulli" (v in [0,1], treated as probabilities/binary) or "gaussian".
+        learn_sigma: Gaussian only; learn a per-visible-unit log sigma (else a fixed buffer).
+        sigma: initial (or fixed) standard deviation of Gaussian visible units.
+        n_chains: number of persistent chains for PCD; None = the first batch's size.
+
+    Parameters: ``W`` (H, V), ``b_v`` (V,), ``b_h`` (H,), Gaussian: ``log_sigma`` (V,) (a parameter
+    if learn_sigma, else a buffer). Buffer ``chains`` (n_chains, V): the PCD fantasy particles,
+    empty until the first persistent negative phase; it is in ``state_dict`` and a checkpoint with
+    chains loads into a fresh model (the buffer is resized on load).
+    """
+
+    def __init__(
+        self,
+        n_visible: int,
+        n_hidden: int,
+        visible: str = "bernoulli",
+        learn_sigma: bool = False,
+        sigma: float = 1.0,
+        n_chains: int | None = None,
+    ):
+        super().__init__()
+        if visible not in ("bernoulli", "gaussian"):
+            raise ValueError(f"visible must be 'bernoulli' or 'gaussian', got {visible!r}")
+        if learn_sigma and visible != "gaussian":
+            raise ValueError("learn_sigma only applies to visible='gaussian'")
+        if not (n_visible > 0 and n_hidden > 0):
+            raise ValueError(f"n_visible and n_hidden must be positive, got {n_visible}, {n_hidden}")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.n_visible, self.n_hidden, self.visible = int(n_visible), int(n_hidden), visible
+        self.learn_sigma, self.n_chains = bool(learn_sigma), n_chains
+        self.out_features = self.n_hidden  # the Encoder capability: encode -> (B, out_features)
+        self.W = nn.Parameter(torch.empty(n_hidden, n_visible))
+        self.b_v = nn.Parameter(torch.zeros(n_visible))
+        self.b_h = nn.Parameter(torch.zeros(n_hidden))
+        if visible == "gaussian":
+            log_sigma = torch.full((n_visible,), math.log(sigma))
+            if learn_sigma:
+                self.log_sigma = nn.Parameter(log_sigma)
+            else:
+                self.register_buffer("log_sigma", log_sigma)
+        self.register_buffer("chains", torch.empty(0, n_visible))
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ set-up
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """W ~ N(0, 0.01^2) (std 0.01, as Hinton's guide and scikit-learn), biases 0."""
+        with torch.no_grad():
+            self.W.copy_(torch.randn(self.W.shape, generator=generator) * 0.01)
+            self.b_v.zero_()
+            self.b_h.zero_()
+
+    @torch.no_grad()
+    def init_visible_bias(self, x: Tensor, eps: float = 1e-3) -> None:
+        """Set b_v from data x (B, V): Bernoulli log(p/(1-p)) of the mean (p clamped to
+        [eps, 1-eps]); Gaussian the data mean (sigma is left alone: standardise the data)."""
+        x = _flat(x)
+        if self.visible == "bernoulli":
+            self.b_v.copy_(base_rate_bias(x, eps).to(self.b_v))
+        else:
+            self.b_v.copy_(x.mean(0).to(self.b_v))
+
+    @property
+    def sigma(self) -> Tensor:
+        """(V,) standard deviations of Gaussian visible units (ones for Bernoulli)."""
+        if self.visible == "gaussian":
+            return self.log_sigma.exp()
+        return torch.ones_like(self.b_v)
+
+    def extra_repr(self) -> str:
+        s = f"n_visible={self.n_visible}, n_hidden={self.n_hidden}, visible={self.visible!r}"
+        return s + (", learn_sigma=True" if self.learn_sigma else "")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The chains buffer is created lazily, so its row count may differ from a fresh model's.
+        key = prefix + "chains"
+        if key in state_dict and state_dict[key].shape != self.chains.shape:
+            self.chains = self.chains.new_empty(state_dict[key].shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------ conditionals
+    def _vis_in(self, v: Tensor) -> Tensor:
+        """What the hidden units see: v (Bernoulli) or v / sigma (Gaussian)."""
+        return v / self.sigma if self.visible == "gaussian" else v
+
+    def hidden_preactivation(self, v: Tensor) -> Tensor:
+        """(B, V) -> (B, H): b_h + W v (v / sigma for Gaussian)."""
+        return F.linear(self._vis_in(_flat(v)), self.W, self.b_h)
+
+    def free_energy(self, v: Tensor) -> Tensor:
+        """F(v), (B, V) -> (B,), with p(v) = exp(-F(v)) / Z."""
+        v = _flat(v)
+        hidden_term = F.softplus(self.hidden_preactivation(v)).sum(-1)
+        if self.visible == "bernoulli":
+            return -(v @ self.b_v) - hidden_term
+        return (0.5 * ((v - self.b_v) / self.sigma) ** 2).sum(-1) - hidden_term
+
+    def p_h_given_v(self, v: Tensor) -> Tensor:
+        """P(h_j = 1 | v), (B, V) -> (B, H)."""
+        return torch.sigmoid(self.hidden_preactivation(v))
+
+    def sample_h(self, v: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A binary sample h ~ p(h | v), (B, V) -> (B, H)."""
+        return torch.bernoulli(self.p_h_given_v(v), generator=generator)
+
+    def p_v_given_h(self, h: Tensor) -> Tensor:
+        """(B, H) -> (B, V): P(v_i = 1 | h) for Bernoulli, the mean b_v + sigma W^T h for Gaussian."""
+        if self.visible == "bernoulli":
+            return torch.sigmoid(h @ self.W + self.b_v)
+        return self.b_v + self.sigma * (h @ self.W)
+
+    def sample_v(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A sample v ~ p(v | h), (B, H) -> (B, V)."""
+        mean = self.p_v_given_h(h)
+        if self.visible == "bernoulli":
+            return torch.bernoulli(mean, generator=generator)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + self.sigma * noise
+
+    @torch.no_grad()
+    def gibbs_k(self, v: Tensor, k: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        """k full Gibbs steps v -> h ~ p(h|v) -> v ~ p(v|h); returns the last visible sample (B, V)."""
+        v = _flat(v)
+        for _ in range(int(k)):
+            v = self.sample_v(self.sample_h(v, generator), generator)
+        return v
+
+    def encode(self, v: Tensor) -> Tensor:
+        """Deterministic features P(h = 1 | v), (B, V) or (B, *image) -> (B, H). Never samples."""
+        return self.p_h_given_v(v)
+
+    def forward(self, v: Tensor) -> Tensor:
+        return self.encode(v)
+
+    # ------------------------------------------------------------------ learning
+    def cd_loss(self, v_data: Tensor, v_model: Tensor) -> Tensor:
+        """mean F(v_data) - mean F(v_model), v_model detached: its gradient is the CD/PCD gradient.
+
+        The value itself is not a likelihood (it is not even bounded); log the monitors instead.
+        """
+        return self.free_energy(v_data).mean() - self.free_energy(v_model.detach()).mean()
+
+    @torch.no_grad()
+    def init_chains(
+        self, n_chains: int, generator: torch.Generator | None = None, data: Tensor | None = None
+    ) -> None:
+        """(Re)start the PCD chains: from rows of `data` (cycled if fewer) or, without data, random
+        (Bernoulli(0.5) visible; N(b_v, sigma^2) for Gaussian)."""
+        p = self.W
+        if data is not None:
+            data = _flat(data).detach()
+            idx = torch.arange(n_chains, device=data.device) % data.shape[0]
+            self.chains = data[idx].to(device=p.device, dtype=p.dtype).clone()
+        elif self.visible == "bernoulli":
+            u = torch.rand((n_chains, self.n_visible), generator=generator, device=p.device)
+            self.chains = (u < 0.5).to(p.dtype)
+        else:
+            z = torch.randn((n_chains, self.n_visible), generator=generator, device=p.device)
+            self.chains = (self.b_v + self.sigma * z.to(p.dtype)).detach()
+
+    @torch.no_grad()
+    def negative_phase(
+        self,
+        v_data: Tensor,
+        k: int = 1,
+        persistent: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The negative sample for `cd_loss`, detached.
+
+        CD-k (persistent=False): k Gibbs steps from the data batch, (B, V).
+        PCD-k (persistent=True): k Gibbs steps of the persistent chains, which are kept in the
+        ``chains`` buffer (initialised from the first batch, cycled to `n_chains` rows); returns
+        (n_chains, V), which need not equal the batch size (cd_loss averages each side apart).
+        """
+        v_data = _flat(v_data)
+        if not persistent:
+            return self.gibbs_k(v_data, k, generator)
+        if self.chains.shape[0] == 0:
+            self.init_chains(self.n_chains or v_data.shape[0], generator, data=v_data)
+        self.chains = self.gibbs_k(self.chains, k, generator)
+        return self.chains.clone()
+
+    def reconstruction_error(self, v: Tensor) -> Tensor:
+        """Mean squared error of the mean-field one-step reconstruction p_v(p_h(v)); a scalar.
+
+        A cheap progress signal, not the objective: it can fall while the likelihood does not.
+        """
+        v = _flat(v)
+        return F.mse_loss(self.p_v_given_h(self.p_h_given_v(v)), v)
+
+    def sparsity_penalty(
+        self, v: Tensor, target: float = 0.05, cost: float = 1e-2, kind: str = "squared"
+    ) -> Tensor:
+        """A differentiable penalty pushing the mean activation q_j = mean_b P(h_j=1|v_b) to target.
+
+        kind="squared": cost * sum_j (target - q_j)^2 (Lee, Ekanadham & Ng 2008).
+        kind="cross_entropy": cost * sum_j [-target log q_j - (1-target) log(1-q_j)]
+        (Hinton's guide, section 11, with the batch mean in place of his running average).
+        Add it to `cd_loss` before `backward()`.
+        """
+        q = self.p_h_given_v(v).mean(0)
+        if kind == "squared":
+            return cost * ((target - q) ** 2).sum()
+        if kind == "cross_entropy":
+            q = q.clamp(1e-6, 1 - 1e-6)
+            return cost * -(target * q.log() + (1 - target) * torch.log1p(-q)).sum()
+        raise ValueError(f"kind must be 'squared' or 'cross_entropy', got {kind!r}")
+
+    # ------------------------------------------------------------------ exact quantities
+    @torch.no_grad()
+    def log_partition_exact(self, max_units: int = 22, chunk: int = 1 << 14) -> Tensor:
+        """log Z by enumeration, in float64; a 0-dim tensor.
+
+        Bernoulli visible: over the smaller layer; over h this is
+            log Z = logsumexp_h [ b_h.h + sum_i softplus(b_v_i + (W^T h)_i) ].
+        Gaussian visible: over h, with the v-integral in closed form
+            log Z = logsumexp_h [ b_h.h + sum_i (b_v_i a_i / sigma_i + a_i^2 / 2) ]
+                    + sum_i log(sqrt(2 pi) sigma_i),   a = W^T h.
+        Raises ValueError if the enumerated layer has more than `max_units` units.
+        """
+        W, b_v, b_h = self.W.double(), self.b_v.double(), self.b_h.double()
+        gauss = self.visible == "gaussian"
+        over_hidden = gauss or self.n_hidden <= self.n_visible
+        n = self.n_hidden if over_hidden else self.n_visible
+        if n > max_units:
+            raise ValueError(
+                f"exact log Z enumerates 2^{n} states (> 2^{max_units}); use ais_log_partition"
+            )
+        sigma = self.sigma.double()
+        parts = []
+        for start in range(0, 1 << n, chunk):
+            c = _binary_configs(n, start, min(start + chunk, 1 << n), torch.float64, W.device)
+            if not over_hidden:  # enumerate v: -F(v)
+                parts.append(c @ b_v + F.softplus(c @ W.T + b_h).sum(-1))
+            elif not gauss:
+                parts.append(c @ b_h + F.softplus(c @ W + b_v).sum(-1))
+            else:
+                a = c @ W
+                parts.append(c @ b_h + (b_v * a / sigma + 0.5 * a * a).sum(-1))
+        log_z = torch.logsumexp(torch.cat(parts), 0)
+        if gauss:
+            log_z = log_z + (_LOG_SQRT_2PI + sigma.log()).sum()
+        return log_z
+
+    @torch.no_grad()
+    def log_likelihood_exact(self, v: Tensor, log_z: Tensor | None = None) -> Tensor:
+        """log p(v) = -F(v) - log Z, (B,) in float64 (a log density for Gaussian visible)."""
+        if log_z is None:
+            log_z = self.log_partition_exact()
+        return -self.double_free_energy(v) - log_z
+
+    @torch.no_grad()
+    def double_free_energy(self, v: Tensor) -> Tensor:
+        """F(v) computed in float64 (for exact and AIS quantities), (B,)."""
+        v = _flat(v).double()
+        W, b_v, b_h, s = self.W.double(), self.b_v.double(), self.b_h.double(), self.sigma.double()
+        if self.visible == "bernoulli":
+            return -(v @ b_v) - F.softplus(v @ W.T + b_h).sum(-1)
+        return (0.5 * ((v - b_v) / s) ** 2).sum(-1) - F.softplus((v / s) @ W.T + b_h).sum(-1)
+
+
+# ---------------------------------------------------------------------- AIS
+def ais_betas(n_betas: int = 1000) -> Tensor:
+    """An inverse-temperature schedule 0 = b_0 < ... < b_K = 1 (K = n_betas), float64.
+
+    Salakhutdinov & Murray (2008) used 500 steps on [0, 0.5], 4,000 on [0.5, 0.9] and 10,000 on
+    [0.9, 1]; we keep those proportions for any K (uniform spacing inside each segment).
+    """
+    if n_betas < 3:
+        raise ValueError(f"n_betas must be >= 3, got {n_betas}")
+    n1 = max(1, round(n_betas * 500 / 14500))
+    n2 = max(1, round(n_betas * 4000 / 14500))
+    n3 = max(1, n_betas - n1 - n2)
+    return torch.cat([
+        torch.linspace(0.0, 0.5, n1 + 1, dtype=torch.float64)[:-1],
+        torch.linspace(0.5, 0.9, n2 + 1, dtype=torch.float64)[:-1],
+        torch.linspace(0.9, 1.0, n3 + 1, dtype=torch.float64),
+    ])
+
+
+@torch.no_grad()
+def ais_log_partition(
+    rbm: RBM,
+    n_runs: int = 100,
+    n_betas: int | Sequence[float] | Tensor = 1000,
+    base: str = "data-biases",
+    base_visible_bias: Tensor | None = None,
+    data: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Annealed importance sampling estimate of log Z (Neal 2001; Salakhutdinov & Murray 2008).
+
+    The base model A has W = 0, b_h = 0 and visible biases b_A: ``base="data-biases"`` takes
+    `base_visible_bias` (V,) or, if None, ``base_rate_bias(data)``; ``base="zero"`` uses b_A = 0.
+    The intermediate distributions (beta from 0 to 1) are
+
+        Bernoulli: log p*_b(v) = ((1-b) b_A + b b_v).v + sum_j softplus(b (W v + b_h)_j)
+        Gaussian:  log p*_b(v) = -sum_i [(1-b)(v_i-b_A_i)^2 + b (v_i-b_v_i)^2] / (2 sigma_i^2)
+                                 + sum_j softplus(b (W (v/sigma) + b_h)_j)
+
+    each sampled by one Gibbs sweep at that beta. `n_betas`: an int (schedule from `ais_betas`)
+    or an explicit increasing schedule starting at 0 and ending at 1.
+
+    Returns a dict of float64 tensors:
+      log_z: log of the mean importance weight times Z_A (the unbiased estimator of Z, in logs);
+      log_z_std: the standard error of log_z, sd(w) / (sqrt(n_runs) mean(w)) (delta method);
+      log_z_lower / log_z_upper: log(Z_hat -/+ 3 sd(Z_hat)) as in Salakhutdinov & Murray 2008
+        (the lower bound is -inf when the weights are too spread for it to exist);
+      log_weights: (n_runs,) the log importance weights; log_z_base: log Z_A.
+    """
+    V, H = rbm.n_visible, rbm.n_hidden
+    device = rbm.W.device
+    W, b_v, b_h = rbm.W.double(), rbm.b_v.double(), rbm.b_h.double()
+    sigma = rbm.sigma.double()
+    gauss = rbm.visible == "gaussian"
+    if base == "zero":
+        b_a = torch.zeros(V, dtype=torch.float64, device=device)
+    elif base == "data-biases":
+        if base_visible_bias is not None:
+            b_a = torch.as_tensor(base_visible_bias).to(device=device, dtype=torch.float64)
+        elif data is not None:
+            b_a = (_flat(data).double().mean(0) if gauss else base_rate_bias(data)).to(device)
+        else:
+            raise ValueError("base='data-biases' needs base_visible_bias or data")
+    else:
+        raise ValueError(f"base must be 'data-biases' or 'zero', got {base!r}")
+    if isinstance(n_betas, int):
+        betas = ais_betas(n_betas)
+    else:
+        betas = torch.as_tensor(n_betas, dtype=torch.float64)
+        if betas[0] != 0 or betas[-1] != 1 or (betas[1:] < betas[:-1]).any():
+            raise ValueError("an explicit beta schedule must increase from 0 to 1")
+    betas = betas.tolist()
+
+    def rand(shape):
+        return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+
+    # v ~ p_A exactly, and log Z_A (the A hidden units, decoupled, contribute 2^H).
+    if gauss:
+        z = torch.randn((n_runs, V), generator=generator, device=device, dtype=torch.float64)
+        v = b_a + sigma * z
+        log_z_a = (_LOG_SQRT_2PI + sigma.log()).sum() + H * _LOG_2
+    else:
+        v = (rand((n_runs, V)) < torch.sigmoid(b_a)).double()
+        log_z_a = F.softplus(b_a).sum() + H * _LOG_2
+
+    def log_p_star(v, pre, beta):
+        hid = F.softplus(beta * pre).sum(-1)
+        if gauss:
+            qa = (((v - b_a) / sigma) ** 2).sum(-1)
+            qb = (((v - b_v) / sigma) ** 2).sum(-1)
+            return -0.5 * ((1 - beta) * qa + beta * qb) + hid
+        return v @ ((1 - beta) * b_a + beta * b_v) + hid
+
+    log_w = torch.zeros(n_runs, dtype=torch.float64, device=device)
+    for k in range(1, len(betas)):
+        b_prev, b_k = betas[k - 1], betas[k]
+        pre = (v / sigma if gauss else v) @ W.T + b_h  # (M, H)
+        log_w += log_p_star(v, pre, b_k) - log_p_star(v, pre, b_prev)
+        if k < len(betas) - 1:  # one Gibbs sweep leaving p_{b_k} invariant
+            h = (rand((n_runs, H)) < torch.sigmoid(b_k * pre)).double()
+            if gauss:
+                mean = (1 - b_k) * b_a + b_k * (b_v + sigma * (h @ W))
+                v = mean + sigma * torch.randn(
+                    (n_runs, V), generator=generator, device=device, dtype=torch.float64)
+            else:
+                p = torch.sigmoid((1 - b_k) * b_a + b_k * (b_v + h @ W))
+                v = (rand((n_runs, V)) < p).double()
+
+    a = log_w.max()
+    r = torch.exp(log_w - a)
+    mean = r.mean()
+    sem = r.std() / math.sqrt(n_runs) if n_runs > 1 else torch.zeros_like(mean)
+    log_z = log_z_a + a + mean.log()
+    lower = mean - 3 * sem
+    return {
+        "log_z": log_z,
+        "log_z_std": sem / mean,
+        "log_z_lower": log_z_a + a + (lower.log() if lower > 0 else torch.tensor(-math.inf)),
+        "log_z_upper": log_z_a + a + (mean + 3 * sem).log(),
+        "log_weights": log_w,
+        "log_z_base": torch.as_tensor(log_z_a, dtype=torch.float64),
+    }
+
+
+@torch.no_grad()
+def ais_log_likelihood(rbm: RBM, v_heldout: Tensor, **ais_kwargs) -> dict[str, Tensor]:
+    """Average log-likelihood -mean F(v) - log Z with log Z from `ais_log_partition(**ais_kwargs)`.
+
+    Returns log_likelihood, log_likelihood_lower / _upper (from log Z's upper / lower bound: an
+    overestimated Z underestimates the likelihood) and log_likelihood_std, plus the AIS dict under
+    "ais". Note AIS tends to *under*estimate log Z, so this tends to *over*estimate the likelihood.
+    """
+    ais = ais_log_partition(rbm, **ais_kwargs)
+    mfe = -rbm.double_free_energy(v_heldout).mean()
+    return {
+        "log_likelihood": mfe - ais["log_z"],
+        "log_likelihood_lower": mfe - ais["log_z_upper"],
+        "log_likelihood_upper": mfe - ais["log_z_lower"],
+        "log_likelihood_std": ais["log_z_std"],
+        "ais": ais,
+    }
+
+
+# ---------------------------------------------------------------------- monitors
+@torch.no_grad()
+def pseudo_log_likelihood(
+    rbm: RBM,
+    v: Tensor,
+    generator: torch.Generator | None = None,
+    exact: bool = False,
+    binarize: bool = True,
+    flip_index: Tensor | None = None,
+    chunk_elements: int = 1 << 24,
+) -> Tensor:
+    """Per-sample pseudo-log-likelihood, (B,), Bernoulli visible only.
+
+    Definition (scikit-learn's ``BernoulliRBM.score_samples``): for each sample flip ONE randomly
+    chosen visible unit i (v_i -> 1 - v_i) and return
+
+        PLL(v) = V * log sigmoid(F(v_flipped) - F(v)),
+
+    a one-unit stochastic estimate of sum_i log p(v_i | v_{-i}). With ``exact=True`` the average
+    over ALL V units replaces the random one: sum_i log sigmoid(F(v^(i)) - F(v)), the expectation
+    of the stochastic value (its noise removed; use it to compare models).
+    `flip_index` (B,) fixes the flipped units (reproduces a given sklearn draw).
+
+    Comparability: scikit-learn does not binarise; it flips to 1 - v_i even for grey values,
+    which is not a flip of a binary state. We threshold at 0.5 first (``binarize=True``); for
+    binary data both agree exactly, for grey data pass ``binarize=False`` to get sklearn's number.
+    Values are in nats per sample, and depend on V, so compare only on the same data.
+    """
+    if rbm.visible != "bernoulli":
+        raise ValueError("pseudo-likelihood is defined here for Bernoulli visible units only")
+    v = _flat(v).to(rbm.W.dtype)
+    if binarize:
+        v = (v > 0.5).to(v.dtype)
+    B, V = v.shape
+    fe = rbm.free_energy(v)
+    if not exact:
+        if flip_index is None:
+            flip_index = torch.randint(0, V, (B,), generator=generator, device=v.device)
+        rows = torch.arange(B, device=v.device)
+        vf = v.clone()
+        vf[rows, flip_index] = 1 - vf[rows, flip_index]
+        return V * F.logsigmoid(rbm.free_energy(vf) - fe)
+    # All flips at once: F(v^(i)) - F(v) = -b_v_i d_i - sum_j [softplus(x_j + W_ji d_i) - softplus(x_j)]
+    # with d_i = (1 - v_i) - v_i and x = b_h + W v.
+    x = rbm.hidden_preactivation(v)  # (B, H)
+    d = 1 - 2 * v  # (B, V)
+    Wt = rbm.W.t()  # (V, H)
+    step = max(1, chunk_elements // (V * rbm.n_hidden))
+    out = []
+    for s in range(0, B, step):
+        xs, ds = x[s:s + step], d[s:s + step]
+        sp = F.softplus(xs[:, None, :] + ds[:, :, None] * Wt[None]).sum(-1)  # (b, V)
+        delta = -ds * rbm.b_v - sp + F.softplus(xs).sum(-1, keepdim=True)
+        out.append(F.logsigmoid(delta).sum(-1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def free_energy_gap(rbm: RBM, v_train_subset: Tensor, v_heldout: Tensor) -> Tensor:
+    """mean F(held-out) - mean F(training subset), a scalar (Hinton's guide, section 6).
+
+    Both sets should be the same size and from the same distribution; Z cancels. Near zero is
+    healthy; positive and growing means the model prefers its training data: overfitting.
+    """
+    return rbm.free_energy(v_heldout).mean() - rbm.free_energy(v_train_subset).mean()
+
+
+# ---------------------------------------------------------------------- fused SGD loop
+@torch.no_grad()
+def fit_cd(
+    rbm: RBM,
+    x: Tensor,
+    *,
+    epochs: int = 1,
+    batch_size: int = 10,
+    lr: float = 0.1,
+    k: int = 1,
+    persistent: bool = True,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    shuffle: bool = True,
+    generator: torch.Generator | None = None,
+    velocity: Tensor | None = None,
+) -> Tensor:
+    """Train a Bernoulli RBM in place with plain SGD on the CD-k / PCD-k gradient; no autograd.
+
+    The update is exactly ``SGD(lr, momentum, dampening=0).step()`` on ``rbm.cd_loss(v, v_neg)``
+    (plus ``weight_decay * W`` added to W's gradient only, never to the biases), with v_neg from
+    ``rbm.negative_phase(v, k, persistent)``: PCD chains live in ``rbm.chains`` as usual. It is a
+    fast path for small batches, where eager per-op overhead dominates: parameters are packed into
+    one augmented (H+1, V+1) matrix so each phase is a single matmul, and the uniforms of a whole
+    chunk of batches are drawn at once (sampling is then a comparison, sigmoid(x) > u <=> x > logit u).
+
+    x: (N, V) training data in [0, 1]. Batches are N split into ceil(N / batch_size) nearly equal
+    parts (as scikit-learn), reshuffled each epoch if `shuffle`. Returns the (H+1, V+1) momentum
+    buffer; pass it back as `velocity` to continue with momentum.
+    """
+    if rbm.visible != "bernoulli":
+        raise NotImplementedError("fit_cd is Bernoulli-only; use cd_loss with an optimizer")
+    x = _flat(x)
+    dev, dt = rbm.W.device, rbm.W.dtype
+    N, V = x.shape
+    H = rbm.n_hidden
+    if N == 0:
+        return velocity if velocity is not None else torch.zeros(H + 1, V + 1, device=dev, dtype=dt)
+    xa = torch.ones(N, V + 1, device=dev, dtype=dt)  # data with a ones column (the bias input)
+    xa[:, :V] = x.to(device=dev, dtype=dt)
+
+    T = torch.zeros(H + 1, V + 1, device=dev, dtype=dt)  # [[W, b_h], [b_v, 0]]
+    T[:H, :V], T[:H, V], T[H, :V] = rbm.W, rbm.b_h, rbm.b_v
+    Th_t = T[:H].t()  # (V+1, H): hidden pre-activation = va @ Th_t
+    Tv = T[:, :V]  # (H+1, V): visible pre-activation = ha @ Tv
+    use_vel = momentum != 0.0
+    if use_vel and velocity is None:
+        velocity = torch.zeros_like(T)
+    Tw = T[:H, :V]
+
+    n_batches = -(-N // batch_size)
+    base, extra = divmod(N, n_batches)
+    sizes = [base + 1] * extra + [base] * (n_batches - extra)
+
+    if int(epochs) <= 0:
+        return velocity if velocity is not None else torch.zeros_like(T)
+    C = 0
+    if persistent:
+        if rbm.chains.shape[0] == 0:
+            first = xa[torch.randperm(N, generator=generator, device=dev)] if shuffle else xa
+            rbm.init_chains(rbm.n_chains or min(batch_size, N), generator, data=first[:, :V])
+        C = rbm.chains.shape[0]
+        vc = torch.ones(C, V + 1, device=dev, dtype=dt)
+        vc[:, :V] = rbm.chains.to(dt)
+        # the hidden state of the chains: one half-step h ~ p(h | chains) resumes them
+        hc = torch.ones(C, H + 1, device=dev, dtype=dt)
+        u0 = torch.rand(C, H, generator=generator, device=dev, dtype=dt)
+        torch.gt(torch.sigmoid(vc @ Th_t), u0, out=hc[:, :H])
+        hc_v = hc[:, :H]
+    bufs: dict[int, tuple] = {}
+
+    def buffers(m):  # per row count, buffers with their ones (bias) column preset, and views
+        if m not in bufs:
+            hp, hn, hs = (torch.ones(m, H + 1, device=dev, dtype=dt) for _ in range(3))
+            vn = torch.ones(m, V + 1, device=dev, dtype=dt)
+            xv = torch.empty(m, V, device=dev, dtype=dt)
+            bufs[m] = (hp, hp[:, :H], hn, hn[:, :H], vn, vn[:, :V], hs, hs[:, :H], xv)
+        return bufs[m]
+
+    chunk = max(1, (1 << 22) // max(1, batch_size * k * (V + H)))  # batches per uniform draw
+    mm, gt = torch.mm, torch.gt
+    vn = None
+    for _ in range(int(epochs)):
+        data = xa[torch.randperm(N, generator=generator, device=dev)] if shuffle else xa
+        batches = data.split(sizes)
+        for c0 in range(0, n_batches, chunk):
+            c1 = min(n_batches, c0 + chunk)
+            csz = [C] * (c1 - c0) if persistent else sizes[c0:c1]  # chain rows per batch
+            rows = sum(csz)
+            # uniforms for k sweeps; the visible ones as logits: sigmoid(x) > u <=> x > logit(u)
+            uvs = torch.rand(rows, k * V, generator=generator, device=dev, dtype=dt).logit_()
+            uhs = torch.rand(rows, k * H, generator=generator, device=dev, dtype=dt)
+            uvs, uhs = uvs.split(csz), uhs.split(csz)
+            for b in range(c0, c1):
+                v = batches[b]
+                m = v.shape[0]
+                mc = csz[b - c0]
+                hp, hp_v = buffers(m)[:2]
+                _, _, hn, hn_v, vn, vn_v, hs, hs_v, xv = buffers(mc)
+                u_v, u_h = uvs[b - c0], uhs[b - c0]
+                mm(v, Th_t, out=hp_v)  # positive phase: P(h | data)
+                hp_v.sigmoid_()
+                if persistent:
+                    h = hc
+                else:  # CD: the chain starts at the data
+                    gt(hp_v, u_h if k == 1 else u_h[:, :H], out=hs_v)
+                    h = hs
+                for s in range(k):
+                    mm(h, Tv, out=xv)
+                    gt(xv, u_v if k == 1 else u_v[:, s * V:(s + 1) * V], out=vn_v)
+                    mm(vn, Th_t, out=hn_v)
+                    hn_v.sigmoid_()
+                    if persistent:
+                        gt(hn_v, u_h if k == 1 else u_h[:, s * H:(s + 1) * H], out=hc_v)
+                    elif s < k - 1:
+                        gt(hn_v, u_h[:, (s + 1) * H:(s + 2) * H], out=hs_v)
+                # SGD step on cd_loss: grad = -<h v>_data/m + <h v>_model/mc (augmented: biases too)
+                if use_vel:
+                    velocity.mul_(momentum)
+                    if weight_decay:
+                        velocity[:H, :V].add_(Tw, alpha=-lr * weight_decay)
+                    velocity.addmm_(hp.t(), v, alpha=lr / m).addmm_(hn.t(), vn, alpha=-lr / mc)
+                    T.add_(velocity)
+                else:
+                    if weight_decay:
+                        Tw.mul_(1.0 - lr * weight_decay)
+                    T.addmm_(hp.t(), v, alpha=lr / m).addmm_(hn.t(), vn, alpha=-lr / mc)
+    T[H, V] = 0.0
+    rbm.W.copy_(T[:H, :V])
+    rbm.b_h.copy_(T[:H, V])
+    rbm.b_v.copy_(T[H, :V])
+    if persistent:
+        rbm.chains = vn[:, :V].clone()
+    if velocity is None:
+        velocity = torch.zeros_like(T)
+    return velocity
