@@ -47,6 +47,8 @@ class TrainConfig:
     eval_batches: int | None = param(8, ge=1, help="validation batches per evaluation (null: whole split)")
     eval_batch_size: int | None = param(None, ge=1, help="batch size for evaluation (null: batch_size)")
     final_eval_full: bool = param(True, help="evaluate the whole val and test splits at the end")
+    early_stopping_patience: int | None = param(None, ge=1, help="stop after this many evaluations "
+                                                "without a better val monitor metric (null: off)")
 
     def __post_init__(self):
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:

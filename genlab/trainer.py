@@ -127,6 +127,8 @@ class Trainer:
         self.step = 0
         self.history: dict[str, list[list[float]]] = {}
         self.best: float | None = None
+        self.evals_since_best = 0
+        self.stopped_early = False
 
         if resume_dir is not None:
             self.run_dir = Path(resume_dir)
@@ -167,7 +169,7 @@ class Trainer:
             "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
             "sampler": self.sampler.state_dict(),
             "rng": ckpt.rng_state(),
-            "history": self.history, "best": self.best,
+            "history": self.history, "best": self.best, "evals_since_best": self.evals_since_best,
         }
 
     def save_checkpoint(self) -> Path:
@@ -177,6 +179,8 @@ class Trainer:
         return path
 
     def _restore(self) -> None:
+        for stale in (self.run_dir / "checkpoints").glob(".*.tmp"):  # a write cut short by a kill
+            stale.unlink(missing_ok=True)
         state, path = ckpt.load_latest(self.run_dir / "checkpoints", map_location=self.device)
         self.model.load_state_dict(state["model"])
         for k, o in self.optimizers.items():
@@ -188,15 +192,23 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])
         self.step, self.history, self.best = state["step"], state["history"], state["best"]
+        self.evals_since_best = state.get("evals_since_best", 0)
         self._say(f"resumed from {path} at step {self.step}")
 
     # -- evaluation and renders ------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str = "val", max_batches: int | None = None) -> dict[str, float]:
-        """Example-weighted means of the family's per-batch metrics over a split."""
+        """Metrics of the model over (part of) a split.
+
+        Scalar outputs of the family's `evaluate(batch)` are averaged, weighted by batch size.
+        Outputs with a batch dimension (e.g. probabilities and labels) are concatenated and
+        handed to the family's optional `summarize(collected) -> dict[str, float]`, for metrics
+        that need the whole split at once (ROC AUC, Frechet distance).
+        """
         tc = self.recipe.train
         bs = tc.eval_batch_size or tc.batch_size
         sums: dict[str, torch.Tensor] = {}
+        collected: dict[str, list[torch.Tensor]] = {}
         count = 0
         self.model.eval()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -205,10 +217,17 @@ class Trainer:
                 out = self.model.evaluate(self._batch(split, idx))
                 n = len(idx)
                 for k, v in out.items():  # tensors or floats
-                    sums[k] = sums.get(k, 0.0) + torch.as_tensor(v).detach().float() * n
+                    v = torch.as_tensor(v).detach()
+                    if v.dim() == 0:
+                        sums[k] = sums.get(k, 0.0) + v.float() * n
+                    else:
+                        collected.setdefault(k, []).append(v)
                 count += n
+            metrics = {k: (v / max(count, 1)).item() for k, v in sums.items()}
+            if collected and hasattr(self.model, "summarize"):
+                metrics.update(self.model.summarize({k: torch.cat(v) for k, v in collected.items()}))
         self.model.train()
-        return {k: (v / max(count, 1)).item() for k, v in sums.items()}
+        return metrics
 
     def _render_batch(self) -> dict:
         n = min(self.recipe.log.render_examples, self.data.size("val"))
@@ -300,6 +319,14 @@ class Trainer:
                     metrics = self.evaluate("val", tc.eval_batches)
                     self._log_eval(metrics, bar)
                     t_last = time.perf_counter()
+                    patience = tc.early_stopping_patience
+                    if patience and self.evals_since_best >= patience and not last:
+                        self.stopped_early = True
+                        self._say(f"early stopping at step {self.step}: no better val "
+                                  f"{self.model.monitor[0]} in {patience} evaluations")
+                        self._check_finite(first_bad)
+                        self.save_checkpoint()
+                        break
                 if (lc.render_every and self.step % lc.render_every == 0) or last:
                     self.render()
                     t_last = time.perf_counter()
@@ -345,6 +372,7 @@ class Trainer:
         value = metrics.get(name)
         if value is not None and math.isfinite(value):
             better = self.best is None or (value < self.best if mode == "min" else value > self.best)
+            self.evals_since_best = 0 if better else self.evals_since_best + 1
             if better:
                 self.best = value
                 ckpt.atomic_save({"format": "genlab-best", "step": self.step, "monitor": name,
@@ -362,6 +390,7 @@ class Trainer:
         result = {
             "recipe": self.recipe.name, "family": self.recipe.family, "data": self.recipe.data_name,
             "seed": self.recipe.seed, "steps": self.step, "device": str(self.device),
+            "stopped_early": self.stopped_early,
             "val": final_val, "test": final_test,
             "best": {"monitor": self.model.monitor[0], "value": self.best},
             "train": {k: v[-1][1] for k, v in self.history.items() if k.startswith("train/")},

@@ -32,6 +32,10 @@ class AEConfig:
     hidden: list[int] = param(default_factory=lambda: [256],
                               help="hidden widths of the MLP encoder, mirrored in the decoder (arch: dense)")
     bottleneck: int = param(64, ge=1, help="size of the code: the exported feature vector")
+    first_kernel: int = param(4, ge=2, help="first conv layer's kernel size (even); 8 learns "
+                              "filters a person can read in the render (arch: conv)")
+    first_init_scale: float = param(1.0, gt=0, help="multiplies the first layer's initial weights; "
+                                    "< 1 lets learned structure, not init noise, fill the render")
     norm: Literal["none", "batch"] = param("none", help="normalisation after each conv (arch: conv)")
     activation: Literal["relu", "leaky_relu", "gelu", "sigmoid", "tanh"] = param(
         "leaky_relu", help="hidden activation")
@@ -42,6 +46,8 @@ class AEConfig:
     def __post_init__(self):
         if self.arch == "conv" and not self.channels:
             raise ValueError("channels: a conv autoencoder needs at least one layer")
+        if self.first_kernel % 2:
+            raise ValueError(f"first_kernel: expected an even number, got {self.first_kernel}")
 
 
 @dataclass
@@ -69,7 +75,7 @@ class Autoencoder(Family):
         shape = list(info.input_shape)
         if cfg.arch == "conv":
             self._enc_args = dict(in_shape=shape, channels=list(cfg.channels), bottleneck=cfg.bottleneck,
-                                  norm=cfg.norm, activation=cfg.activation)
+                                  norm=cfg.norm, activation=cfg.activation, first_kernel=cfg.first_kernel)
             self.encoder = ConvEncoder(**self._enc_args)
             self.decoder = ConvDecoder(shape, list(cfg.channels), cfg.bottleneck, cfg.norm, cfg.activation)
             self._builder = "conv_encoder"
@@ -79,6 +85,8 @@ class Autoencoder(Family):
             self.encoder = DenseEncoder(**self._enc_args)
             self.decoder = DenseDecoder(shape, list(cfg.hidden), cfg.bottleneck, cfg.activation)
             self._builder = "dense_encoder"
+        with torch.no_grad():
+            first_layer(self.encoder).weight.mul_(cfg.first_init_scale)
 
     # -- the contract ------------------------------------------------------------------------
     def configure_optimizers(self, train):

@@ -14,7 +14,11 @@ finite-loss checks, progress, TensorBoard, checkpoints and the encoder export.
 
 Optional capabilities are declared, not guessed:
     encoder_spec() -> EncoderSpec     # the family can export an encoder (see genlab.export)
+    encode(x) -> Tensor; out_features # deterministic features (B, out_features)
     sample(n, generator) -> Tensor    # the family is generative
+    summarize(collected) -> dict      # whole-split metrics: `evaluate` outputs with a batch
+                                      # dimension are concatenated over the split and passed here
+    `monitor = ("loss", "min")`       # the val metric that picks best.pt and drives early stopping
 """
 from __future__ import annotations
 

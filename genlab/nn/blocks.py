@@ -19,7 +19,7 @@ def _act(name: str) -> nn.Module:
 
 
 def _conv_sizes(h: int, w: int, n: int) -> list[tuple[int, int]]:
-    """Spatial sizes after each of n stride-2 convs (kernel 4, padding 1): floor(x / 2)."""
+    """Spatial sizes after each of n stride-2 convs (even kernel k, padding k/2 - 1): floor(x / 2)."""
     sizes = [(h, w)]
     for _ in range(n):
         h, w = h // 2, w // 2
@@ -30,20 +30,26 @@ def _conv_sizes(h: int, w: int, n: int) -> list[tuple[int, int]]:
 
 
 class ConvEncoder(nn.Module):
-    """Stride-2 convolutions (kernel 4, padding 1: each halves H and W), then a linear code.
+    """Stride-2 convolutions (each halves H and W), then a linear code.
 
     (B, C, H, W) -> features (B, channels[-1], H / 2^n, W / 2^n) -> code (B, bottleneck).
+    Kernels are 4x4 (padding 1) except the first, `first_kernel` (even; padding k/2 - 1): a
+    larger first kernel sees more of the image and learns filters a person can read in a render.
     """
 
     def __init__(self, in_shape: list[int], channels: list[int], bottleneck: int,
-                 norm: str = "none", activation: str = "leaky_relu", spectral_norm: bool = False):
+                 norm: str = "none", activation: str = "leaky_relu", spectral_norm: bool = False,
+                 first_kernel: int = 4):
         super().__init__()
         c, h, w = in_shape
         self.in_shape, self.out_features = list(in_shape), bottleneck
         self.sizes = _conv_sizes(h, w, len(channels))
+        if first_kernel < 2 or first_kernel % 2:
+            raise ValueError(f"first_kernel must be even and >= 2, got {first_kernel}")
         layers: list[nn.Module] = []
-        for cin, cout in zip([c, *channels[:-1]], channels):
-            conv = nn.Conv2d(cin, cout, 4, stride=2, padding=1, bias=norm == "none")
+        for i, (cin, cout) in enumerate(zip([c, *channels[:-1]], channels)):
+            k = first_kernel if i == 0 else 4
+            conv = nn.Conv2d(cin, cout, k, stride=2, padding=k // 2 - 1, bias=norm == "none")
             layers.append(nn.utils.spectral_norm(conv) if spectral_norm else conv)
             if norm == "batch":
                 layers.append(nn.BatchNorm2d(cout))
