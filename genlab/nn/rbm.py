@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +38,14 @@ from torch import Tensor, nn
 
 __all__ = [
     "RBM",
-    "momentum_at",
-    "base_rate_bias",
     "ais_betas",
-    "ais_log_partition",
     "ais_log_likelihood",
-    "pseudo_log_likelihood",
-    "free_energy_gap",
+    "ais_log_partition",
+    "base_rate_bias",
     "fit_cd",
+    "free_energy_gap",
+    "momentum_at",
+    "pseudo_log_likelihood",
 ]
 
 _LOG_2 = math.log(2.0)
@@ -54,6 +55,19 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 def _flat(v: Tensor) -> Tensor:
     """(B, *shape) -> (B, prod(shape)); images may be passed as (B, C, H, W)."""
     return v.flatten(1) if v.dim() > 2 else v
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def base_rate_bias(x: Tensor, eps: float = 1e-3) -> Tensor:
@@ -113,7 +127,7 @@ class RBM(nn.Module):
         if learn_sigma and visible != "gaussian":
             raise ValueError("learn_sigma only applies to visible='gaussian'")
         if not (n_visible > 0 and n_hidden > 0):
-            raise ValueError(f"n_visible and n_hidden must be positive, got {n_visible}, {n_hidden}")
+            raise ValueError(f"n_visible, n_hidden must be positive, got {n_visible}, {n_hidden}")
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
         self.n_visible, self.n_hidden, self.visible = int(n_visible), int(n_hidden), visible
@@ -193,7 +207,7 @@ class RBM(nn.Module):
         return torch.bernoulli(self.p_h_given_v(v), generator=generator)
 
     def p_v_given_h(self, h: Tensor) -> Tensor:
-        """(B, H) -> (B, V): P(v_i = 1 | h) for Bernoulli, the mean b_v + sigma W^T h for Gaussian."""
+        """(B, H) -> (B, V): P(v_i = 1 | h) (Bernoulli) or the mean b_v + sigma W^T h (Gaussian)."""
         if self.visible == "bernoulli":
             return torch.sigmoid(h @ self.W + self.b_v)
         return self.b_v + self.sigma * (h @ self.W)
@@ -208,7 +222,7 @@ class RBM(nn.Module):
 
     @torch.no_grad()
     def gibbs_k(self, v: Tensor, k: int = 1, generator: torch.Generator | None = None) -> Tensor:
-        """k full Gibbs steps v -> h ~ p(h|v) -> v ~ p(v|h); returns the last visible sample (B, V)."""
+        """k Gibbs sweeps v -> h ~ p(h|v) -> v ~ p(v|h); returns the last visible sample (B, V)."""
         v = _flat(v)
         for _ in range(int(k)):
             v = self.sample_v(self.sample_h(v, generator), generator)
@@ -391,6 +405,9 @@ def ais_log_partition(
     each sampled by one Gibbs sweep at that beta. `n_betas`: an int (schedule from `ais_betas`)
     or an explicit increasing schedule starting at 0 and ending at 1.
 
+    Small problems (n_runs * V * H <= 2^21) run on one CPU thread: a few thousand tiny steps
+    lose more to thread start-up than they gain, and far more on a loaded machine.
+
     Returns a dict of float64 tensors:
       log_z: log of the mean importance weight times Z_A (the unbiased estimator of Z, in logs);
       log_z_std: the standard error of log_z, sd(w) / (sqrt(n_runs) mean(w)) (delta method);
@@ -398,6 +415,12 @@ def ais_log_partition(
         (the lower bound is -inf when the weights are too spread for it to exist);
       log_weights: (n_runs,) the log importance weights; log_z_base: log Z_A.
     """
+    small = n_runs * rbm.n_visible * rbm.n_hidden <= (1 << 21) and rbm.W.device.type == "cpu"
+    with _torch_threads(1 if small else None):
+        return _ais(rbm, n_runs, n_betas, base, base_visible_bias, data, generator)
+
+
+def _ais(rbm, n_runs, n_betas, base, base_visible_bias, data, generator):
     V, H = rbm.n_visible, rbm.n_hidden
     device = rbm.W.device
     W, b_v, b_h = rbm.W.double(), rbm.b_v.double(), rbm.b_h.double()
@@ -534,8 +557,8 @@ def pseudo_log_likelihood(
         vf = v.clone()
         vf[rows, flip_index] = 1 - vf[rows, flip_index]
         return V * F.logsigmoid(rbm.free_energy(vf) - fe)
-    # All flips at once: F(v^(i)) - F(v) = -b_v_i d_i - sum_j [softplus(x_j + W_ji d_i) - softplus(x_j)]
-    # with d_i = (1 - v_i) - v_i and x = b_h + W v.
+    # All flips at once, with d_i = (1 - v_i) - v_i and x = b_h + W v:
+    #   F(v^(i)) - F(v) = -b_v_i d_i - sum_j [softplus(x_j + W_ji d_i) - softplus(x_j)]
     x = rbm.hidden_preactivation(v)  # (B, H)
     d = 1 - 2 * v  # (B, V)
     Wt = rbm.W.t()  # (V, H)
@@ -575,6 +598,7 @@ def fit_cd(
     shuffle: bool = True,
     generator: torch.Generator | None = None,
     velocity: Tensor | None = None,
+    num_threads: int | str | None = "auto",
 ) -> Tensor:
     """Train a Bernoulli RBM in place with plain SGD on the CD-k / PCD-k gradient; no autograd.
 
@@ -583,14 +607,30 @@ def fit_cd(
     ``rbm.negative_phase(v, k, persistent)``: PCD chains live in ``rbm.chains`` as usual. It is a
     fast path for small batches, where eager per-op overhead dominates: parameters are packed into
     one augmented (H+1, V+1) matrix so each phase is a single matmul, and the uniforms of a whole
-    chunk of batches are drawn at once (sampling is then a comparison, sigmoid(x) > u <=> x > logit u).
+    chunk of batches are drawn at once (sampling is then a comparison: sigmoid(x) > u iff
+    x > logit(u)).
 
     x: (N, V) training data in [0, 1]. Batches are N split into ceil(N / batch_size) nearly equal
     parts (as scikit-learn), reshuffled each epoch if `shuffle`. Returns the (H+1, V+1) momentum
     buffer; pass it back as `velocity` to continue with momentum.
+
+    num_threads: torch CPU threads while training ("auto": 1 when a step's matmuls are small,
+    batch_size * (V+1) * (H+1) <= 2^21, where thread start-up costs more than it saves, and far
+    more on a loaded machine; None: leave torch's setting). The previous setting is restored.
     """
     if rbm.visible != "bernoulli":
         raise NotImplementedError("fit_cd is Bernoulli-only; use cd_loss with an optimizer")
+    if num_threads == "auto":
+        small = batch_size * (rbm.n_visible + 1) * (rbm.n_hidden + 1) <= (1 << 21)
+        num_threads = 1 if (small and rbm.W.device.type == "cpu") else None
+    with _torch_threads(num_threads):
+        return _fit_cd(rbm, x, epochs=epochs, batch_size=batch_size, lr=lr, k=k,
+                       persistent=persistent, momentum=momentum, weight_decay=weight_decay,
+                       shuffle=shuffle, generator=generator, velocity=velocity)
+
+
+def _fit_cd(rbm, x, *, epochs, batch_size, lr, k, persistent, momentum, weight_decay, shuffle,
+            generator, velocity):
     x = _flat(x)
     dev, dt = rbm.W.device, rbm.W.dtype
     N, V = x.shape
@@ -628,19 +668,24 @@ def fit_cd(
         u0 = torch.rand(C, H, generator=generator, device=dev, dtype=dt)
         torch.gt(torch.sigmoid(vc @ Th_t), u0, out=hc[:, :H])
         hc_v = hc[:, :H]
-    bufs: dict[int, tuple] = {}
-
-    def buffers(m):  # per row count, buffers with their ones (bias) column preset, and views
-        if m not in bufs:
-            hp, hn, hs = (torch.ones(m, H + 1, device=dev, dtype=dt) for _ in range(3))
-            vn = torch.ones(m, V + 1, device=dev, dtype=dt)
-            xv = torch.empty(m, V, device=dev, dtype=dt)
-            bufs[m] = (hp, hp[:, :H], hn, hn[:, :H], vn, vn[:, :V], hs, hs[:, :H], xv)
-        return bufs[m]
+    # Buffers per row count, with their ones (bias) column preset; views taken once.
+    pos, neg = {}, {}  # data side: (hp^T, hp[:, :H], lr/m); chain side: see below
+    for m in set(sizes):
+        hp = torch.ones(m, H + 1, device=dev, dtype=dt)
+        pos[m] = (hp.t(), hp[:, :H], lr / m)
+    for m in ({C} if persistent else set(sizes)):
+        hn = torch.ones(m, H + 1, device=dev, dtype=dt)
+        hs = torch.ones(m, H + 1, device=dev, dtype=dt)
+        vn = torch.ones(m, V + 1, device=dev, dtype=dt)
+        xv = torch.empty(m, V, device=dev, dtype=dt)
+        neg[m] = (hn.t(), hn[:, :H], vn, vn[:, :V], hs, hs[:, :H], xv, -lr / m)
+    if persistent:
+        hs, hs_v = hc, hc_v  # the chain's hidden state persists across batches
+    vel_w = velocity[:H, :V] if use_vel else None
+    decay = 1.0 - lr * weight_decay
 
     chunk = max(1, (1 << 22) // max(1, batch_size * k * (V + H)))  # batches per uniform draw
     mm, gt = torch.mm, torch.gt
-    vn = None
     for _ in range(int(epochs)):
         data = xa[torch.randperm(N, generator=generator, device=dev)] if shuffle else xa
         batches = data.split(sizes)
@@ -652,40 +697,48 @@ def fit_cd(
             uvs = torch.rand(rows, k * V, generator=generator, device=dev, dtype=dt).logit_()
             uhs = torch.rand(rows, k * H, generator=generator, device=dev, dtype=dt)
             uvs, uhs = uvs.split(csz), uhs.split(csz)
-            for b in range(c0, c1):
-                v = batches[b]
-                m = v.shape[0]
-                mc = csz[b - c0]
-                hp, hp_v = buffers(m)[:2]
-                _, _, hn, hn_v, vn, vn_v, hs, hs_v, xv = buffers(mc)
-                u_v, u_h = uvs[b - c0], uhs[b - c0]
+            negs = neg[C] if persistent else None
+            for v, m, u_v, u_h in zip(batches[c0:c1], sizes[c0:c1], uvs, uhs):
+                hp_t, hp_v, a_pos = pos[m]
+                if persistent:
+                    hn_t, hn_v, vn, vn_v, _, _, xv, a_neg = negs
+                else:
+                    hn_t, hn_v, vn, vn_v, hs, hs_v, xv, a_neg = neg[m]
                 mm(v, Th_t, out=hp_v)  # positive phase: P(h | data)
                 hp_v.sigmoid_()
-                if persistent:
-                    h = hc
-                else:  # CD: the chain starts at the data
-                    gt(hp_v, u_h if k == 1 else u_h[:, :H], out=hs_v)
-                    h = hs
-                for s in range(k):
-                    mm(h, Tv, out=xv)
-                    gt(xv, u_v if k == 1 else u_v[:, s * V:(s + 1) * V], out=vn_v)
+                if k == 1:
+                    if not persistent:  # CD: the chain starts at the data
+                        gt(hp_v, u_h, out=hs_v)
+                    mm(hs, Tv, out=xv)
+                    gt(xv, u_v, out=vn_v)
                     mm(vn, Th_t, out=hn_v)
                     hn_v.sigmoid_()
                     if persistent:
-                        gt(hn_v, u_h if k == 1 else u_h[:, s * H:(s + 1) * H], out=hc_v)
-                    elif s < k - 1:
-                        gt(hn_v, u_h[:, (s + 1) * H:(s + 2) * H], out=hs_v)
+                        gt(hn_v, u_h, out=hs_v)
+                else:
+                    u_vk, u_hk = u_v.split(V, 1), u_h.split(H, 1)
+                    if not persistent:
+                        gt(hp_v, u_hk[0], out=hs_v)
+                    for s in range(k):
+                        mm(hs, Tv, out=xv)
+                        gt(xv, u_vk[s], out=vn_v)
+                        mm(vn, Th_t, out=hn_v)
+                        hn_v.sigmoid_()
+                        if persistent:
+                            gt(hn_v, u_hk[s], out=hs_v)
+                        elif s < k - 1:
+                            gt(hn_v, u_hk[s + 1], out=hs_v)
                 # SGD step on cd_loss: grad = -<h v>_data/m + <h v>_model/mc (augmented: biases too)
                 if use_vel:
                     velocity.mul_(momentum)
                     if weight_decay:
-                        velocity[:H, :V].add_(Tw, alpha=-lr * weight_decay)
-                    velocity.addmm_(hp.t(), v, alpha=lr / m).addmm_(hn.t(), vn, alpha=-lr / mc)
+                        vel_w.add_(Tw, alpha=-lr * weight_decay)
+                    velocity.addmm_(hp_t, v, alpha=a_pos).addmm_(hn_t, vn, alpha=a_neg)
                     T.add_(velocity)
                 else:
                     if weight_decay:
-                        Tw.mul_(1.0 - lr * weight_decay)
-                    T.addmm_(hp.t(), v, alpha=lr / m).addmm_(hn.t(), vn, alpha=-lr / mc)
+                        Tw.mul_(decay)
+                    T.addmm_(hp_t, v, alpha=a_pos).addmm_(hn_t, vn, alpha=a_neg)
     T[H, V] = 0.0
     rbm.W.copy_(T[:H, :V])
     rbm.b_h.copy_(T[:H, V])
