@@ -24,7 +24,9 @@ _LAZY = {
     "optimal_return": "genlab.envs.solver", "solve": "genlab.envs.solver",
 }
 
-__all__ = ["MOUSE_MAZE_ID", *_LAZY]
+__all__ = ["MOUSE_MAZE_ID", "MazeConfig", "Layout", "MouseMazeEnv", "MazeError",  # noqa: RUF022
+           "generate_layout", "generate_pool", "parse_layout", "episode_seed", "BatchedMaze",
+           "optimal_return", "solve"]
 
 
 def __getattr__(name: str):
