@@ -46,9 +46,11 @@ class Tracker:
         return self._writer
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        """Log scalars under `prefix`; a key that already has a namespace ('charts/SPS',
+        'losses/td_loss') is logged as it is."""
         if self.enabled:
             for k, v in values.items():
-                self.writer.add_scalar(f"{prefix}{k}", v, step)
+                self.writer.add_scalar(k if "/" in k else f"{prefix}{k}", v, step)
 
     def image(self, tag: str, img: torch.Tensor, step: int) -> None:
         if self.enabled:

@@ -8,7 +8,7 @@ order (a seeded, resumable index sampler), so every source shards and resumes th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -25,6 +25,7 @@ class DataInfo:
     class_names: tuple[str, ...]
     value_range: tuple[float, float] = (0.0, 1.0)  # the range of batch["x"]
     has_mask: bool = False  # batches carry a lesion mask batch["mask"] (B, 1, H, W) bool
+    env: Any = None  # environment data sources (the maze): the env config a family builds from
 
 
 @runtime_checkable
