@@ -48,3 +48,37 @@ class DataSource(Protocol):
     def size(self, split: str) -> int: ...
 
     def get(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+
+class TensorSplits:
+    """A data source held in memory as per-split tensors `self._x[split]`, `self._y[split]`.
+
+    Subclasses fill those dicts and `info`; `_as_float` converts stored images (e.g. uint8)
+    to float32 in [0, 1].
+    """
+
+    _x: dict[str, torch.Tensor]
+    _y: dict[str, torch.Tensor]
+    info: DataInfo
+
+    def _as_float(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def size(self, split: str) -> int:
+        check_split(split)
+        return len(self._y[split])
+
+    def get(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        check_split(split)
+        idx = torch.as_tensor(indices, dtype=torch.long).to(self._y[split].device)
+        return {"x": self._as_float(self._x[split][idx]), "y": self._y[split][idx]}
+
+    def class_counts(self, split: str) -> torch.Tensor:
+        """(num_classes,) int64 examples per class in `split` (for class weights)."""
+        check_split(split)
+        return torch.bincount(self._y[split].cpu(), minlength=self.info.num_classes)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genlab.data.base import SPLITS, DataInfo
+from genlab.data.base import DataInfo, TensorSplits
 from genlab.data.sampler import stratified_split
 from genlab.registry import register_dataset
 from genlab.schema import param
@@ -44,7 +44,7 @@ class DigitsConfig:
 
 
 @register_dataset("digits")
-class DigitsData:
+class DigitsData(TensorSplits):
     """sklearn `load_digits`: x (B, 1, 8, 8) float32 in [0, 1] (pixel / 16), y (B,) int64 in 0..9.
 
     The split is a stratified assignment drawn from the recipe seed: disjoint, covering all 1,797
@@ -70,20 +70,3 @@ class DigitsData:
             class_names=tuple(str(d) for d in range(10)),
         )
 
-    def _check(self, split: str) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-
-    def size(self, split: str) -> int:
-        self._check(split)
-        return len(self._y[split])
-
-    def get(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._check(split)
-        idx = torch.as_tensor(indices, dtype=torch.long).to(self.device)
-        return {"x": self._x[split][idx], "y": self._y[split][idx]}
-
-    def class_counts(self, split: str) -> torch.Tensor:
-        """(num_classes,) int64 examples per class in `split` (for class weights)."""
-        self._check(split)
-        return torch.bincount(self._y[split].cpu(), minlength=self.info.num_classes)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genlab.data.base import SPLITS, DataInfo
+from genlab.data.base import SPLITS, DataInfo, check_split
 from genlab.data.digits import check_fractions
 from genlab.data.sampler import stratified_split
 from genlab.errors import DataError
@@ -313,16 +313,12 @@ class FolderData:
 
     # -- the DataSource contract ---------------------------------------------------------------
 
-    def _check(self, split: str) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-
     def size(self, split: str) -> int:
-        self._check(split)
+        check_split(split)
         return len(self.files[split])
 
     def get(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._check(split)
+        check_split(split)
         idx = torch.as_tensor(indices, dtype=torch.long).cpu()
         if self._cache is not None:
             x8 = self._cache[split][idx]
@@ -332,7 +328,7 @@ class FolderData:
 
     def class_counts(self, split: str) -> torch.Tensor:
         """(num_classes,) int64 images per class in `split` (for class weights)."""
-        self._check(split)
+        check_split(split)
         return torch.bincount(self.labels[split], minlength=self.info.num_classes)
 
     def describe(self) -> str:

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from genlab.data.base import SPLITS, DataInfo
+from genlab.data.base import SPLITS, DataInfo, TensorSplits
 from genlab.data.sampler import stratified_split
 from genlab.errors import DataError
 from genlab.registry import register_dataset
@@ -50,7 +50,7 @@ class TorchvisionConfig:
             )
 
 
-class _TorchvisionIDX:
+class _TorchvisionIDX(TensorSplits):
     """Shared body: find or fetch the raw files, load them with torchvision, split, index."""
 
     Config = TorchvisionConfig
@@ -143,24 +143,8 @@ class _TorchvisionIDX:
                 f"archives) under {raw} and set data.download: false"
             ) from None
 
-    def _check(self, split: str) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-
-    def size(self, split: str) -> int:
-        self._check(split)
-        return len(self._y[split])
-
-    def get(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._check(split)
-        idx = torch.as_tensor(indices, dtype=torch.long).to(self.device)
-        return {"x": self._x[split][idx].float().div_(255.0), "y": self._y[split][idx]}
-
-    def class_counts(self, split: str) -> torch.Tensor:
-        """(num_classes,) int64 examples per class in `split` (for class weights)."""
-        self._check(split)
-        return torch.bincount(self._y[split].cpu(), minlength=self.info.num_classes)
-
+    def _as_float(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255.0)  # images are stored as uint8
 
 @register_dataset("mnist")
 class MNISTData(_TorchvisionIDX):
