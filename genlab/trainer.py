@@ -288,10 +288,16 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         n_acc = 0
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        t_last, samples = time.perf_counter(), 0
+        t_last, t_extra, samples = time.perf_counter(), 0.0, 0  # t_extra: eval/render/ckpt time
+        mid_step = False  # an interrupt inside a step may leave it half applied: never save that
         try:
             while self.step < tc.steps:
-                batch = self._batch("train", self.sampler.next_batch())
+                mid_step = True
+                idx = self.sampler.next_batch()
+                # A family that makes its own experience (the DQN) sets uses_train_batches =
+                # False: it gets the indices only, and no examples are built for nothing.
+                batch = (self._batch("train", idx) if getattr(self.model, "uses_train_batches", True)
+                         else {"index": idx.to(self.device)})
                 self.ctx.step = self.step
                 out = self.model.training_step(batch, self.ctx)
                 for s in self.schedulers.values():
@@ -304,21 +310,21 @@ class Trainer:
                 n_acc += 1
                 samples += tc.batch_size
                 self.step += 1
+                mid_step = False
                 if stop_at is not None and self.step >= stop_at:
                     return {}
                 last = self.step == tc.steps
                 if self.step % lc.every == 0 or last:
                     self._check_finite(first_bad)
-                    now = time.perf_counter()
                     means = {k: (v.float() / n_acc).item() for k, v in sums.items()}
-                    sps = samples / max(now - t_last, 1e-9)
+                    sps = samples / max(time.perf_counter() - t_last - t_extra, 1e-9)
                     self._log_train(means, sps, bar)
                     sums, n_acc, samples = {}, 0, 0
-                    t_last = time.perf_counter()
+                    t_last, t_extra = time.perf_counter(), 0.0
+                t_extras_start = time.perf_counter()
                 if (lc.eval_every and self.step % lc.eval_every == 0) or last:
                     metrics = self.evaluate("val", tc.eval_batches)
                     self._log_eval(metrics, bar)
-                    t_last = time.perf_counter()
                     patience = tc.early_stopping_patience
                     if patience and self.evals_since_best >= patience and not last:
                         self.stopped_early = True
@@ -329,19 +335,23 @@ class Trainer:
                         break
                 if (lc.render_every and self.step % lc.render_every == 0) or last:
                     self.render()
-                    t_last = time.perf_counter()
                 if (lc.checkpoint_every and self.step % lc.checkpoint_every == 0) or last:
                     self._check_finite(first_bad)
                     self.save_checkpoint()
-                    t_last = time.perf_counter()
+                t_extra += time.perf_counter() - t_extras_start
                 if bar is not None:
                     bar.update(1)
         except KeyboardInterrupt:
             if bar is not None:
                 bar.close()
+            self.tracker.close()
+            if mid_step:
+                good = ckpt.list_step_checkpoints(self.ckpt_dir)
+                kept = f"the newest checkpoint is {good[0]}" if good else "no checkpoint was written"
+                raise GenlabError(f"interrupted during step {self.step + 1}; {kept}; continue with "
+                                  f"`genlab train --resume {self.run_dir}`") from None
             self._check_finite(first_bad)
             path = self.save_checkpoint()
-            self.tracker.close()
             raise GenlabError(f"interrupted at step {self.step}; saved {path}; continue with "
                               f"`genlab train --resume {self.run_dir}`") from None
         finally:
@@ -353,6 +363,9 @@ class Trainer:
         self.tracker.scalars(means, self.step, "train/")
         lrs = {f"lr/{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()}
         charts = {"samples_per_s": sps, **lrs}
+        env_steps = getattr(self.model, "env_steps_per_step", None)  # RL families: env steps/s
+        if env_steps:
+            charts["SPS"] = sps / self.recipe.train.batch_size * env_steps
         charts.update({f"grad_norm/{k}": v.item() for k, v in self.ctx.grad_norms.items()})
         self.tracker.scalars(charts, self.step, "charts/")
         for k, v in means.items():

@@ -153,3 +153,34 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(runs):
 
 def teardown_module(module):
     FAMILIES.pop("_nan_test", None)
+
+
+def test_ctrl_c_between_steps_saves_a_checkpoint_and_mid_step_does_not(runs):
+    from genlab.errors import GenlabError
+
+    t = Trainer(from_mapping(tiny_recipe("ae", steps=12)), out_root=runs, quiet=True)
+    real_render = t.render
+
+    def interrupt_at_6():
+        if t.step == 6:
+            raise KeyboardInterrupt
+        real_render()
+
+    t.render = interrupt_at_6
+    with pytest.raises(GenlabError, match="interrupted at step 6; saved .*step-00000006.pt"):
+        t.run()
+    assert ckpt.list_step_checkpoints(t.ckpt_dir)[0].name == "step-00000006.pt"
+
+    t2 = Trainer(from_mapping(tiny_recipe("ae", steps=12)), out_root=runs, quiet=True)
+    real_step = t2.model.training_step
+
+    def interrupt_in_step_7(batch, ctx):
+        out = real_step(batch, ctx)  # the update is applied, the step not yet counted
+        if ctx.step == 6:
+            raise KeyboardInterrupt
+        return out
+
+    t2.model.training_step = interrupt_in_step_7
+    with pytest.raises(GenlabError, match="interrupted during step 7; the newest checkpoint is .*step-00000004.pt"):
+        t2.run()
+    assert ckpt.list_step_checkpoints(t2.ckpt_dir)[0].name == "step-00000004.pt"
