@@ -1,0 +1,345 @@
+"""GANs ("gan"): DCGAN-style generator and discriminator through the shared trainer.
+
+One trainer step = `d_steps` discriminator updates on the step's real batch (fresh noise each),
+then one generator update, then the EMA of the generator's weights. Optimizers "d" and "g" get
+the trainer's precision, clipping, schedules and checkpoints like any other.
+The defaults are the SN-GAN setup that scored best on the brain slices (hinge loss, spectral
+norm in D, resize + 3x3 conv upsampling in G); recipes/gan_digits.yaml is the classic DCGAN.
+
+Losses (D(x) is a raw score, "logit"):
+    ns       D: softplus(-D(x)) + softplus(D(G(z)))        G: softplus(-D(G(z)))  (non-saturating)
+    hinge    D: relu(1 - D(x)) + relu(1 + D(G(z)))         G: -D(G(z))
+    wgan-gp  D: D(G(z)) - D(x) + gp_weight * GP            G: -D(G(z))
+with GP = E[(|grad_x D(x_hat)|_2 - 1)^2], x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per sample.
+
+Scores (`summarize`, over the evaluated split, from the EMA generator): features come from a
+fixed judge, `fid_extractor` (an exported genlab encoder trained on the same data) or, when
+null, "random_conv", a conv net with fixed random weights (seed 0). With n = min(fid_samples,
+N/2) and the split's examples [0, N): reference R = real[n:2n];
+    fid/<judge>        FD(n EMA samples, R); the samples use the labels of real[:n]
+    fid_floor/<judge>  FD(real[:n], R): what a perfect generator would score at this n
+    fid_ratio          fid / fid_floor (1 is perfect; sample-size bias cancels to first order)
+    precision, recall  k-NN manifolds (Kynkäänniemi et al. 2019) of samples vs R, and the same
+                       for real[:n] (precision_floor, recall_floor)
+    diversity          mean pairwise feature distance of the samples / of real[:n]
+"""
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from genlab import gen_metrics
+from genlab.data.base import DataInfo
+from genlab.errors import RecipeError
+from genlab.families.base import EncoderSpec, Family, StepContext
+from genlab.nn.gan_blocks import DiscTrunk, Discriminator, Generator, gan_widths, save_generator
+from genlab.optim import build_optimizer
+from genlab.registry import register_family
+from genlab.render import image_grid, tile_kernels
+from genlab.schema import param
+
+FIXED_NOISE_SEED = 1234  # the render grid's noise: the same at every render of every run
+D_WINS_LOSS, D_WINS_STEPS = 0.05, 200  # warn when the D loss stays below this for this many steps
+COLLAPSE_RECALL, COLLAPSE_DIVERSITY = 0.2, 0.5  # warn when recall or diversity falls below
+
+
+@dataclass
+class GANConfig:
+    loss: Literal["ns", "hinge", "wgan-gp"] = param("hinge", help="adversarial loss: non-saturating, "
+                                                    "hinge, or Wasserstein with gradient penalty")
+    z_dim: int = param(64, ge=1, help="size of the generator's noise vector")
+    g_width: int = param(16, ge=1, help="generator channels at full resolution, doubling per layer")
+    d_width: int = param(16, ge=1, help="discriminator channels of the first conv, doubling per layer")
+    max_width: int = param(256, ge=1, help="cap on the channels of any layer")
+    features: int = param(128, ge=1, help="discriminator trunk output: the exported feature vector")
+    g_norm: Literal["batch", "none"] = param("batch", help="generator normalisation (batch: "
+                                             "statistics of the generated batch, also when sampling)")
+    g_upsample: Literal["transposed", "nearest"] = param("nearest", help="generator x2 layers: "
+                                                         "4x4 transposed conv, or nearest resize + 3x3 conv")
+    spectral_norm: bool = param(True, help="spectral normalisation of every discriminator layer")
+    gp_weight: float = param(10.0, ge=0, help="gradient-penalty weight (loss wgan-gp)")
+    d_steps: int = param(1, ge=1, help="discriminator updates per generator update (per trainer step)")
+    lr_d: float | None = param(None, gt=0, help="discriminator learning rate (null: train.lr); TTUR")
+    lr_g: float | None = param(None, gt=0, help="generator learning rate (null: train.lr); TTUR")
+    ema_decay: float = param(0.999, ge=0, lt=1, help="EMA of generator weights, used for samples "
+                             "and scores: beta_t = min(ema_decay, (1+t)/(10+t)); 0: no averaging")
+    conditional: bool = param(False, help="class-conditional G (label embedding) and projection D")
+    fid_extractor: Path | None = param(None, must_exist=True, help="exported encoder bundle used as "
+                                       "the FD judge (null: fixed random-weight conv net 'random_conv')")
+    fid_samples: int = param(500, ge=8, help="samples per set for FD and precision/recall (the split "
+                             "evaluated must hold 2x this; fewer: N/2, reported as fid_samples)")
+    pr_k: int = param(3, ge=1, help="k of the k-NN manifolds for precision/recall")
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): mean over the batch of (|grad D(x_hat)|_2 - 1)^2 at
+    x_hat = eps * real + (1 - eps) * fake; eps (B, 1, 1, 1). Differentiable (create_graph)."""
+    x_hat = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def d_loss_fn(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    if kind == "ns":
+        return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+    if kind == "hinge":
+        return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+    return d_fake.mean() - d_real.mean()  # wgan-gp, penalty added by the caller
+
+
+def g_loss_fn(kind: str, d_fake: torch.Tensor) -> torch.Tensor:
+    return F.softplus(-d_fake).mean() if kind == "ns" else -d_fake.mean()
+
+
+def ema_beta(step: int, decay: float) -> float:
+    """EMA weight of the old average at (0-based) generator step `step`: the ramp keeps the
+    average from being dominated by the random initialisation early in training."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def random_conv_judge(in_shape, seed: int = 0) -> DiscTrunk:
+    """A conv net with fixed random weights (He-normal, zero bias) built without touching the
+    global RNG: 'random features' for a Fréchet distance when no trained encoder is given."""
+    c, h, w = in_shape
+    with torch.random.fork_rng(devices=[]):
+        net = DiscTrunk(list(in_shape), gan_widths(h, w, 16, 128), 128)
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(m.weight, a=0.2, nonlinearity="leaky_relu", generator=g)
+            torch.nn.init.zeros_(m.bias)
+    return net.eval().requires_grad_(False)
+
+
+@register_family("gan")
+class GAN(Family):
+    """GAN: DCGAN-style G and D (ns / hinge / wgan-gp), EMA generator, FD + precision/recall."""
+
+    Config = GANConfig
+
+    def __init__(self, cfg: GANConfig, info: DataInfo):
+        super().__init__()
+        self.cfg, self.info = cfg, info
+        c, h, w = info.input_shape
+        self.conditional = cfg.conditional
+        ncls = info.num_classes if cfg.conditional else 0
+        self._trunk_args = dict(in_shape=list(info.input_shape),
+                                channels=gan_widths(h, w, cfg.d_width, cfg.max_width),
+                                out_features=cfg.features, spectral_norm=cfg.spectral_norm)
+        self.D = Discriminator(info.input_shape, self._trunk_args["channels"], cfg.features, ncls,
+                               cfg.spectral_norm)
+        self._gen_args = dict(out_shape=list(info.input_shape), z_dim=cfg.z_dim, num_classes=ncls,
+                              channels=gan_widths(h, w, cfg.g_width, cfg.max_width), norm=cfg.g_norm,
+                              upsample=cfg.g_upsample)
+        self.G = Generator(**self._gen_args)
+        # The EMA generator lives in the state_dict (checkpoints hold it); never optimised.
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+        # The judge is a fixed function, kept out of the state_dict (a plain dict attribute).
+        self.judge_name, judge = self._build_judge(cfg.fid_extractor, info)
+        self._judge = {"net": judge}
+        self.monitor = (f"fid/{self.judge_name}", "min")
+        self._d_low = 0  # consecutive steps with the D loss below D_WINS_LOSS
+        self._warned: set[str] = set()
+
+    @staticmethod
+    def _build_judge(path: Path | None, info: DataInfo):
+        if path is None:
+            return "random_conv", random_conv_judge(info.input_shape)
+        from genlab.export import load_encoder
+
+        net = load_encoder(path).requires_grad_(False)
+        meta = net.bundle_meta
+        if tuple(meta["input_shape"]) != tuple(info.input_shape):
+            raise RecipeError("model.fid_extractor", f"the encoder takes {tuple(meta['input_shape'])} "
+                              f"images, the data are {tuple(info.input_shape)}")
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(meta.get("recipe") or meta.get("family")))
+        return name, net
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    # -- the contract ------------------------------------------------------------------------
+    def configure_optimizers(self, train):
+        return {"d": build_optimizer(self.D.parameters(), train, self.cfg.lr_d),
+                "g": build_optimizer(self.G.parameters(), train, self.cfg.lr_g)}
+
+    def _noise(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        if generator is None:
+            return torch.randn(n, self.cfg.z_dim, device=device)
+        return torch.randn(n, self.cfg.z_dim, generator=generator).to(device)
+
+    def d_step(self, real: torch.Tensor, y: torch.Tensor | None, ctx: StepContext) -> dict:
+        """One discriminator update; G's weights are only read (the fake batch is detached)."""
+        with torch.no_grad(), ctx.autocast():
+            fake = self.G(self._noise(real.shape[0], real.device), y)
+        with ctx.autocast():
+            d_real, d_fake = self.D(real, y).float(), self.D(fake, y).float()
+        loss = d_loss_fn(self.cfg.loss, d_real, d_fake)
+        out = {"d_loss": loss.detach(), "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
+        if self.cfg.loss == "wgan-gp":
+            eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+            gp = gradient_penalty(lambda x: self.D(x, y).float(), real, fake.float(), eps)
+            loss = loss + self.cfg.gp_weight * gp
+            out["gp"] = gp.detach()
+        ctx.update("d", loss)
+        return out
+
+    def g_step(self, n: int, y: torch.Tensor | None, ctx: StepContext) -> dict:
+        """One generator update through a frozen D, then the EMA update of G_ema."""
+        self.D.requires_grad_(False)
+        try:
+            with ctx.autocast():
+                d_fake = self.D(self.G(self._noise(n, ctx.device), y), y).float()
+            loss = g_loss_fn(self.cfg.loss, d_fake)
+            ctx.update("g", loss)
+        finally:
+            self.D.requires_grad_(True)
+        self.update_ema(ctx.step)
+        return {"g_loss": loss.detach()}
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        """G_ema <- beta G_ema + (1 - beta) G, beta = ema_beta(step, ema_decay)."""
+        beta = ema_beta(step, self.cfg.ema_decay)
+        for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            pe.lerp_(p.detach(), 1 - beta)
+        for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            be.copy_(b)
+
+    def training_step(self, batch, ctx: StepContext):
+        real = batch["x"]
+        y = batch["y"] if self.conditional else None
+        logs: dict[str, torch.Tensor] = {}
+        for _ in range(self.cfg.d_steps):
+            logs = self.d_step(real, y, ctx)
+        logs.update(self.g_step(real.shape[0], y, ctx))
+        if self.cfg.loss != "wgan-gp":  # "D wins outright": its loss near zero for a long time
+            low = logs["d_loss"] < D_WINS_LOSS  # a tensor: no device sync on every step
+            self._d_low = torch.where(low, self._d_low + 1, 0)
+            if (ctx.step + 1) % 50 == 0 and int(self._d_low) >= D_WINS_STEPS:
+                self._warn_once("d_wins", f"the discriminator wins outright: D loss < {D_WINS_LOSS} "
+                                f"for {D_WINS_STEPS} steps (at step {ctx.step + 1}); G gets no signal. "
+                                "Try spectral_norm, hinge loss, a lower lr_d or a higher lr_g.")
+        return logs
+
+    def _eval_generator(self, batch) -> torch.Generator:
+        # Noise depends only on which examples are in the batch: comparable across evaluations,
+        # and evaluation never touches the global RNG.
+        idx = batch.get("index")
+        key = zlib.crc32(idx.cpu().numpy().tobytes()) if idx is not None else 0
+        return torch.Generator().manual_seed(key)
+
+    @torch.no_grad()
+    def evaluate(self, batch):
+        x = batch["x"]
+        y = batch["y"] if self.conditional else None
+        fake = self.G_ema(self._noise(x.shape[0], x.device, self._eval_generator(batch)), y).float()
+        d_real, d_fake = self.D(x, y).float(), self.D(fake, y).float()
+        judge = self._judge["net"].to(x.device)
+        return {"d_real": d_real.mean(), "d_fake": d_fake.mean(),  # D's mean raw score
+                "feat_real": judge(x).float(), "feat_fake": judge(fake).float()}  # (B, D) each
+
+    def summarize(self, collected: dict[str, torch.Tensor]) -> dict[str, float]:
+        real, fake = collected["feat_real"], collected["feat_fake"]
+        n = min(self.cfg.fid_samples, len(real) // 2)
+        if n <= max(self.cfg.pr_k, 2):
+            return {}
+        ref, real_a, fake_a = real[n:2 * n], real[:n], fake[:n]
+        fd = gen_metrics.frechet_distance(fake_a, ref)
+        floor = gen_metrics.frechet_distance(real_a, ref)
+        p, r = gen_metrics.precision_recall(ref, fake_a, self.cfg.pr_k)
+        p0, r0 = gen_metrics.precision_recall(ref, real_a, self.cfg.pr_k)
+        div = gen_metrics.diversity(fake_a) / max(gen_metrics.diversity(real_a), 1e-12)
+        if r < COLLAPSE_RECALL or div < COLLAPSE_DIVERSITY:
+            self._warn_once("collapse", f"samples look collapsed: recall {r:.3f} (real vs real "
+                            f"{r0:.3f}), diversity {div:.3f} of the real data's (judge {self.judge_name})")
+        name = self.judge_name
+        return {f"fid/{name}": fd, f"fid_floor/{name}": floor, "fid_ratio": fd / max(floor, 1e-12),
+                "precision": p, "recall": r, "precision_floor": p0, "recall_floor": r0,
+                "diversity": div, "fid_samples": float(n)}
+
+    @torch.no_grad()
+    def renders(self, batch):
+        n = min(64, max(8, batch["x"].shape[0]))
+        g = torch.Generator().manual_seed(FIXED_NOISE_SEED)
+        device = batch["x"].device
+        z = self._noise(n, device, g)
+        labels = self._grid_labels(n, device)
+        out = {"samples": image_grid(self.G_ema(z, labels), nrow=8)}
+        if self.cfg.ema_decay > 0:
+            out["samples_raw_g"] = image_grid(self.G(z, labels), nrow=8)
+        # 4 rows of 8: linear interpolation between fixed pairs of noise vectors
+        za, zb = self._noise(4, device, g), self._noise(4, device, g)
+        t = torch.linspace(0, 1, 8, device=device)[None, :, None]
+        zi = (za[:, None] * (1 - t) + zb[:, None] * t).reshape(32, -1)
+        li = None if labels is None else torch.arange(4, device=device).repeat_interleave(8) % self.info.num_classes
+        out["interpolations"] = image_grid(self.G_ema(zi, li), nrow=8)
+        out["d_filters"] = tile_kernels(self.D.trunk.features[0].weight)
+        out["real"] = image_grid(batch["x"][:n], nrow=8)
+        return out
+
+    def _grid_labels(self, n: int, device) -> torch.Tensor | None:
+        """Conditional grids: row r (8 per row) shows class r mod num_classes."""
+        if not self.conditional:
+            return None
+        return (torch.arange(n, device=device) // 8) % self.info.num_classes
+
+    @torch.no_grad()
+    def histograms(self, batch):
+        x = batch["x"][:64]
+        y = batch["y"][:64] if self.conditional else None
+        g = torch.Generator().manual_seed(FIXED_NOISE_SEED)
+        fake = self.G_ema(self._noise(x.shape[0], x.device, g), y)
+        return {"d_real": self.D(x, y), "d_fake": self.D(fake, y), "trunk_features": self.D.trunk(x)}
+
+    # -- optional capabilities ---------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        """n images (n, C, H, W) in [0, 1] from the EMA generator. Conditional models take
+        `labels` (n,) (default: classes drawn uniformly from `generator`); others refuse them."""
+        device = next(self.G_ema.parameters()).device
+        generator = generator or torch.Generator().manual_seed(0)
+        if labels is not None and not self.conditional:
+            raise ValueError("labels given to an unconditional GAN")
+        if self.conditional and labels is None:
+            labels = torch.randint(self.info.num_classes, (n,), generator=generator)
+        z = self._noise(n, device, generator)
+        return self.G_ema(z, None if labels is None else labels.to(device)).float()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, features): everything before the real/fake head. Always in eval mode, so a
+        spectral-normalised trunk runs no power iteration and the result is deterministic."""
+        was = self.D.trunk.training
+        try:
+            return self.D.trunk.eval()(x)
+        finally:
+            self.D.trunk.train(was)
+
+    @property
+    def out_features(self) -> int:
+        return self.cfg.features
+
+    def encoder_spec(self) -> EncoderSpec:
+        return EncoderSpec(builder="gan_disc_trunk", config=dict(self._trunk_args),
+                           module=self.D.trunk, out_features=self.cfg.features,
+                           extra={"source": "GAN discriminator trunk (before the real/fake head)",
+                                  "gan_loss": self.cfg.loss})
+
+    def export_generator(self, out_dir: Path) -> Path:
+        """The EMA generator as out_dir/generator.safetensors + generator.json
+        (reload with genlab.nn.gan_blocks.load_generator)."""
+        return save_generator(self.G_ema, dict(self._gen_args), out_dir,
+                              {"family": "gan", "data": self.info.name,
+                               "class_names": list(self.info.class_names),
+                               "conditional": self.conditional, "ema_decay": self.cfg.ema_decay})

@@ -1,0 +1,191 @@
+"""DCGAN-style generator and discriminator whose depth adapts to the input shape.
+
+Depth rule (`gan_depth`): stride-2 layers halve H and W (floor) until the short side would drop
+below 4, i.e. while min(H, W) >= 8. So 8x8 -> 4x4 (1 layer), 28x28 -> 7x7 (2),
+64x64 -> 4x4 (4), 128x96 -> 8x6 (4). Widths double per layer from `width`, capped at `max_width`.
+
+The discriminator is split as the GAN family needs it for export:
+
+    DiscTrunk  (B, C, H, W) -> (B, out_features)   convs + flatten + linear: the exported encoder
+    DiscHead   (B, out_features) [+ labels] -> (B,) leaky ReLU + linear (+ class projection)
+
+`DiscTrunk` is registered as encoder builder "gan_disc_trunk", so `genlab.load_encoder` rebuilds
+it from the bundle's JSON with no GAN code. Spectral normalisation (Miyato et al. 2018) uses
+`torch.nn.utils.parametrizations.spectral_norm`: one power iteration per training-mode forward,
+none in eval mode, so an eval-mode trunk is a deterministic function of its state_dict.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _sn
+
+
+def gan_depth(h: int, w: int) -> int:
+    """Number of stride-2 layers for an (h, w) input: halve while min(h, w) >= 8 (at least 1)."""
+    n = 0
+    while min(h, w) >= 8:
+        h, w, n = h // 2, w // 2, n + 1
+    return max(n, 1)
+
+
+def gan_widths(h: int, w: int, width: int, max_width: int) -> list[int]:
+    """Channels of each stride-2 layer, fine to coarse: width, 2 width, ... capped at max_width."""
+    return [min(width * 2 ** i, max_width) for i in range(gan_depth(h, w))]
+
+
+def _sizes(h: int, w: int, n: int) -> list[tuple[int, int]]:
+    out = [(h, w)]
+    for _ in range(n):
+        h, w = h // 2, w // 2
+        if min(h, w) < 1:
+            raise ValueError(f"input {out[0]} is too small for {n} stride-2 layers")
+        out.append((h, w))
+    return out
+
+
+def _maybe_sn(m: nn.Module, on: bool) -> nn.Module:
+    return _sn(m) if on else m
+
+
+class DiscTrunk(nn.Module):
+    """Discriminator trunk: stride-2 4x4 convs + leaky ReLU(0.2), then flatten + linear.
+
+    (B, C, H, W) in [0, 1] -> features (B, channels[-1], h, w) -> (B, out_features).
+    No batch norm: a WGAN gradient penalty is per-sample, and the export must be per-example.
+    """
+
+    def __init__(self, in_shape: list[int], channels: list[int], out_features: int,
+                 spectral_norm: bool = False):
+        super().__init__()
+        c, h, w = in_shape
+        self.in_shape, self.out_features = list(in_shape), out_features
+        sizes = _sizes(h, w, len(channels))
+        layers: list[nn.Module] = []
+        for cin, cout in zip([c, *channels[:-1]], channels):
+            layers += [_maybe_sn(nn.Conv2d(cin, cout, 4, stride=2, padding=1), spectral_norm),
+                       nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        fh, fw = sizes[-1]
+        self.feature_shape = (channels[-1], fh, fw)
+        self.head = nn.Sequential(
+            nn.Flatten(), _maybe_sn(nn.Linear(channels[-1] * fh * fw, out_features), spectral_norm))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, out_features)
+
+
+class DiscHead(nn.Module):
+    """Real/fake score from trunk features; with classes, a projection discriminator
+    (Miyato & Koyama 2018): score = linear(h) + <embed(y), h>, h = leaky_relu(features)."""
+
+    def __init__(self, in_features: int, num_classes: int = 0, spectral_norm: bool = False):
+        super().__init__()
+        self.act = nn.LeakyReLU(0.2)
+        self.out = _maybe_sn(nn.Linear(in_features, 1), spectral_norm)
+        self.embed = (_maybe_sn(nn.Embedding(num_classes, in_features), spectral_norm)
+                      if num_classes else None)
+
+    def forward(self, feats: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.act(feats)
+        score = self.out(h).squeeze(1)  # (B,)
+        if self.embed is not None:
+            score = score + (self.embed(y) * h).sum(1)
+        return score
+
+
+class Discriminator(nn.Module):
+    def __init__(self, in_shape: list[int], channels: list[int], features: int,
+                 num_classes: int = 0, spectral_norm: bool = False):
+        super().__init__()
+        self.trunk = DiscTrunk(in_shape, channels, features, spectral_norm)
+        self.head = DiscHead(features, num_classes, spectral_norm)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.trunk(x), y)  # (B,) raw scores (logits)
+
+
+class Generator(nn.Module):
+    """z (B, z_dim) [+ class embedding] -> linear -> (channels[-1], h, w) -> x2 upsampling layers
+    (BN + ReLU) mirroring the discriminator -> (B, C, H, W) through a sigmoid. An upsampling layer
+    is a stride-2 4x4 transposed conv ("transposed", DCGAN) or a nearest-neighbour resize and a
+    3x3 conv ("nearest": about twice the compute, no period-2 checkerboard artefacts).
+
+    Batch norm here always uses the statistics of the batch being generated
+    (track_running_stats=False): no running buffers, so sampling in eval mode changes nothing
+    and matches training-mode behaviour; samples of one call depend (weakly) on each other.
+    """
+
+    def __init__(self, out_shape: list[int], channels: list[int], z_dim: int,
+                 num_classes: int = 0, norm: str = "batch", upsample: str = "transposed"):
+        super().__init__()
+        c, h, w = out_shape
+        sizes = _sizes(h, w, len(channels))
+        self.z_dim, self.out_shape = z_dim, list(out_shape)
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
+        fh, fw = sizes[-1]
+        self.start_shape = (channels[-1], fh, fw)
+
+        def norm_act(ch: int) -> list[nn.Module]:
+            bn = [nn.BatchNorm2d(ch, track_running_stats=False)] if norm == "batch" else []
+            return [*bn, nn.ReLU()]
+
+        self.fc = nn.Linear(z_dim * (2 if num_classes else 1), channels[-1] * fh * fw)
+        layers: list[nn.Module] = norm_act(channels[-1])
+        rev = list(reversed(channels))
+        for i, (cin, cout) in enumerate(zip(rev, [*rev[1:], c])):
+            src, dst = sizes[-1 - i], sizes[-2 - i]
+            if upsample == "nearest":  # no stride-2 checkerboard: resize, then a 3x3 conv
+                layers += [nn.Upsample(size=dst, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1)]
+            else:
+                pad = (dst[0] - 2 * src[0], dst[1] - 2 * src[1])  # restores odd sizes (7 -> 14 -> 28)
+                layers.append(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, output_padding=pad))
+            if i < len(rev) - 1:
+                layers += norm_act(cout)
+        layers.append(nn.Sigmoid())
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(y)], 1)
+        return self.body(self.fc(z).view(z.shape[0], *self.start_shape))  # (B, C, H, W) in [0, 1]
+
+
+def save_generator(module: Generator, config: dict, out_dir, meta: dict | None = None):
+    """Write export/generator.safetensors + generator.json: `Generator(**config)` rebuilds it."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = out_dir / "generator.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(out_dir / "generator.safetensors")
+    doc = {"format": "genlab-generator", "version": 1, "builder": "gan_generator",
+           "config": config, "output_range": [0.0, 1.0], **(meta or {})}
+    (out_dir / "generator.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return out_dir / "generator.json"
+
+
+def load_generator(path) -> Generator:
+    """Rebuild an exported generator (eval mode; `.bundle_meta` holds the JSON): z (B, z_dim)
+    [, labels (B,)] -> images (B, C, H, W) in [0, 1]. `path`: a run's export folder or the JSON."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if (folder / "export" / "generator.json").is_file():
+        folder = folder / "export"
+    meta = json.loads((folder / "generator.json").read_text())
+    if meta.get("format") != "genlab-generator":
+        raise ValueError(f"{folder / 'generator.json'}: not a genlab generator bundle")
+    gen = Generator(**meta["config"])
+    gen.load_state_dict(load_file(str(folder / "generator.safetensors")))
+    gen.bundle_meta = meta
+    return gen.eval()

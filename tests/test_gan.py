@@ -1,0 +1,241 @@
+"""The GAN family: which parameters each update touches, the gradient penalty, the Fréchet
+distance and precision/recall maths, the EMA formula, resume of both optimizers and the EMA,
+depth adaptation, the exported trunk and generator, and `genlab sample`."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_recipe
+from genlab import gen_metrics, load_encoder
+from genlab.cli import main
+from genlab.errors import RecipeError
+from genlab.families.gan import GAN, ema_beta, gradient_penalty
+from genlab.nn.gan_blocks import DiscTrunk, Generator, gan_depth, gan_widths, load_generator
+from genlab.recipe import from_mapping
+from genlab.trainer import Trainer
+
+
+def _recipe(steps=6, model=None, **train):
+    r = tiny_recipe("gan", steps=steps, **train)
+    r["model"] = {**r["model"], **(model or {})}
+    return r
+
+
+def _trainer(runs, steps=6, model=None, **train):
+    return Trainer(from_mapping(_recipe(steps, model, **train)), out_root=runs, quiet=True)
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _all_changed(a, b):
+    return all(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("loss", ["ns", "hinge", "wgan-gp"])
+def test_d_step_leaves_g_untouched_and_g_step_leaves_d_untouched(runs, loss):
+    t = _trainer(runs, model={"loss": loss, "spectral_norm": loss == "hinge", "conditional": loss == "ns"})
+    m, batch = t.model, t._batch("train", torch.arange(16))
+    g0, e0, d0 = _params(m.G), _params(m.G_ema), _params(m.D)
+    m.d_step(batch["x"], batch["y"] if m.conditional else None, t.ctx)
+    g1, e1, d1 = _params(m.G), _params(m.G_ema), _params(m.D)
+    grads = {k: p.grad.clone() for k, p in m.D.named_parameters()}
+    assert all(p.grad is None for p in m.G.parameters()), "the D step backpropagated into G"
+    assert _same(g0, g1) and _same(e0, e1), "the D step changed the generator"
+    # (not every tensor: with hinge loss and all margins active the head bias gets 1 - 1 = 0)
+    assert not _same(d0, d1), "the D step changed no discriminator weight"
+    m.g_step(16, batch["y"] if m.conditional else None, t.ctx)
+    g2, e2, d2 = _params(m.G), _params(m.G_ema), _params(m.D)
+    assert _same(d1, d2), "the G step changed the discriminator"
+    assert _all_changed(g1, g2) and _all_changed(e1, e2)
+    assert _same(grads, {k: p.grad for k, p in m.D.named_parameters()}), "G's step touched D's grads"
+
+
+def test_gradient_penalty_matches_hand_computation():
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(5, 1, 3, 3, generator=gen), torch.rand(5, 1, 3, 3, generator=gen)
+    eps = torch.rand(5, 1, 1, 1, generator=gen)
+    # linear critic D(x) = <w, x> + b: the gradient is w everywhere -> (|w| - 1)^2
+    w = torch.randn(9, generator=gen)
+    gp = gradient_penalty(lambda x: x.flatten(1) @ w + 0.3, real, fake, eps)
+    torch.testing.assert_close(gp, (w.norm() - 1) ** 2)
+    # quadratic critic D(x) = sum x^2: the gradient is 2 x_hat -> mean (2 |x_hat| - 1)^2
+    x_hat = (eps * real + (1 - eps) * fake).flatten(1)
+    gp = gradient_penalty(lambda x: (x ** 2).flatten(1).sum(1), real, fake, eps)
+    torch.testing.assert_close(gp, ((2 * x_hat.norm(dim=1) - 1) ** 2).mean())
+    # differentiable in the critic's parameters: d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w|
+    lin = torch.nn.Linear(9, 1)
+    gradient_penalty(lambda x: lin(x.flatten(1)).squeeze(1), real, fake, eps).backward()
+    wv = lin.weight.detach()
+    torch.testing.assert_close(lin.weight.grad, 2 * (wv.norm() - 1) * wv / wv.norm())
+
+
+def test_frechet_distance_self_is_zero_and_matches_closed_form():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    assert gen_metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+    # diagonal covariances: |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 1.0])
+    want = 1 + 0 + 4 + (1 + 1 + 4)
+    assert gen_metrics.frechet_from_stats(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want)
+    # non-commuting covariances against scipy's matrix square root of S1 S2
+    from scipy.linalg import sqrtm
+
+    q = np.array([[2.0, 0.5], [0.5, 1.0]])
+    s1, s2 = q @ q.T, np.array([[1.0, -0.3], [-0.3, 0.5]])
+    ref = np.trace(s1 + s2 - 2 * sqrtm(s1 @ s2).real)
+    assert gen_metrics.frechet_from_stats([0, 0], s1, [0, 0], s2) == pytest.approx(ref, rel=1e-9)
+    # large samples of two known Gaussians approach the closed form
+    xa = rng.normal(size=(20000, 3)) * np.sqrt(a) + mu1
+    xb = rng.normal(size=(20000, 3)) * np.sqrt(b) + mu2
+    assert gen_metrics.frechet_distance(xa, xb) == pytest.approx(want, rel=0.05)
+
+
+def test_precision_recall_and_diversity_see_mode_collapse():
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(300, 4))
+    assert gen_metrics.precision_recall(real, real) == (1.0, 1.0)
+    good = rng.normal(size=(300, 4))
+    p, r = gen_metrics.precision_recall(real, good)
+    assert p > 0.8 and r > 0.8
+    collapsed = real[:1] + 0.01 * rng.normal(size=(300, 4))  # every sample near one real point
+    p, r = gen_metrics.precision_recall(real, collapsed)
+    assert p == 1.0 and r < 0.05
+    assert gen_metrics.diversity(collapsed) < 0.05 * gen_metrics.diversity(real)
+
+
+def test_ema_follows_the_formula(runs):
+    t = _trainer(runs, model={"ema_decay": 0.9})
+    m, batch = t.model, t._batch("train", torch.arange(16))
+    assert ema_beta(0, 0.9) == pytest.approx(0.1) and ema_beta(1000, 0.9) == 0.9
+    m.d_step(batch["x"], None, t.ctx)
+    for step in (0, 200):
+        t.ctx.step = step
+        before = _params(m.G_ema)
+        m.g_step(16, None, t.ctx)
+        beta = min(0.9, (1 + step) / (10 + step))
+        for (k, pe), (_, p) in zip(m.G_ema.named_parameters(), m.G.named_parameters()):
+            torch.testing.assert_close(pe, beta * before[k] + (1 - beta) * p, msg=k)
+
+
+def test_resume_restores_both_optimizers_and_the_ema(runs):
+    # stop_at=12 ends both runs after step 12 without the end-of-run work (plots, export)
+    model = {"loss": "wgan-gp", "d_steps": 2, "lr_d": 4e-3, "lr_g": 1e-3}
+    full = _trainer(runs, steps=16, model=model)
+    full.run(stop_at=12)
+    cut = _trainer(runs, steps=16, model=model)
+    cut.run(stop_at=10)  # killed after step 10: the newest checkpoint is step 8
+    resumed = Trainer(from_mapping(_recipe(16, model)), resume_dir=cut.run_dir, quiet=True)
+    assert resumed.step == 8
+    assert resumed.optimizers["d"].param_groups[0]["lr"] == pytest.approx(4e-3)
+    assert resumed.optimizers["g"].param_groups[0]["lr"] == pytest.approx(1e-3)
+    resumed.run(stop_at=12)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert any(k.startswith("G_ema.") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    for name in ("d", "g"):
+        sa, sb = full.optimizers[name].state_dict()["state"], resumed.optimizers[name].state_dict()["state"]
+        assert sa.keys() == sb.keys() and sa
+        for i in sa:
+            for k in sa[i]:
+                torch.testing.assert_close(sa[i][k], sb[i][k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape,depth", [((1, 8, 8), 1), ((1, 28, 28), 2), ((3, 64, 64), 4),
+                                         ((1, 128, 96), 4)])
+def test_depth_adapts_to_the_input_shape(shape, depth):
+    c, h, w = shape
+    assert gan_depth(h, w) == depth
+    g = Generator(list(shape), gan_widths(h, w, 4, 16), z_dim=8, num_classes=3)
+    with torch.no_grad():
+        x = g(torch.randn(2, 8), torch.tensor([0, 2]))
+    assert x.shape == (2, *shape) and 0 <= float(x.min()) and float(x.max()) <= 1
+    trunk = DiscTrunk(list(shape), gan_widths(h, w, 4, 16), 12, spectral_norm=True)
+    with torch.no_grad():
+        assert trunk(x).shape == (2, 12)
+
+
+def test_trunk_and_generator_export_and_reload(runs, tmp_path):
+    t = _trainer(runs, steps=8, model={"spectral_norm": True, "conditional": True})
+    t.run(stop_at=3)
+    t.export()
+    x = t._batch("val", torch.arange(8))["x"]
+    enc = load_encoder(t.run_dir / "export")
+    assert enc.bundle_meta["builder"] == "gan_disc_trunk"
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), t.model.encode(x), rtol=0, atol=0)
+        assert t.model.encode(x).shape == (8, t.model.out_features)
+    t.model.export_generator(tmp_path / "gen")
+    gen = load_generator(tmp_path / "gen")
+    z, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(gen(z, y), t.model.G_ema(z, y), rtol=0, atol=0)
+
+
+def test_fid_extractor_bundle_names_the_metric(runs):
+    ae = Trainer(from_mapping(tiny_recipe("ae", steps=2)), out_root=runs, quiet=True)
+    ae.export()
+    t = _trainer(runs, steps=2, model={"fid_extractor": str(ae.run_dir / "export")})
+    assert t.model.monitor == ("fid/recipe", "min")  # named after the encoder's recipe
+    v = t.evaluate("val", max_batches=2)
+    assert {"fid/recipe", "fid_floor/recipe", "fid_ratio", "precision", "recall"} <= set(v)
+    assert v["fid_samples"] == 8 and math.isfinite(v["fid/recipe"]) and v["fid_floor/recipe"] >= 0
+    bad = _recipe(2, {"fid_extractor": str(runs / "nowhere")})
+    with pytest.raises(RecipeError, match="model.fid_extractor"):
+        from_mapping(bad)
+
+
+def test_sample_cli_writes_a_png_and_rejects_a_bad_class(runs, tmp_path, capsys):
+    unc = _trainer(runs, steps=2)
+    unc.save_checkpoint()  # `genlab sample` rebuilds from the newest checkpoint
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(unc.run_dir), "--n", "16", "--out", str(out)]) == 0
+    assert out.is_file() and out.stat().st_size > 0
+    assert main(["sample", str(unc.run_dir), "--out", str(out), "--class", "3"]) == 2
+    assert "unconditional" in capsys.readouterr().err
+    cond = _trainer(runs, steps=2, model={"conditional": True})
+    cond.save_checkpoint()
+    assert main(["sample", str(cond.run_dir), "--n", "8", "--out", str(out), "--class", "3"]) == 0
+    assert main(["sample", str(cond.run_dir), "--out", str(out), "--class", "Q"]) == 2
+    assert "unknown class" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path), "--out", str(out)]) == 2
+
+
+def test_sample_is_reproducible_and_conditional_labels_matter(runs):
+    t = _trainer(runs, steps=2, model={"conditional": True})
+    m = t.model.eval()
+    a = m.sample(8, torch.Generator().manual_seed(3), labels=torch.zeros(8, dtype=torch.long))
+    b = m.sample(8, torch.Generator().manual_seed(3), labels=torch.zeros(8, dtype=torch.long))
+    c = m.sample(8, torch.Generator().manual_seed(3), labels=torch.ones(8, dtype=torch.long))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert isinstance(m, GAN)
+
+
+def test_warnings_for_a_winning_discriminator_and_collapsed_samples(runs, monkeypatch):
+    import genlab.families.gan as gan_mod
+
+    t = _trainer(runs, steps=2)
+    m, batch = t.model, t._batch("train", torch.arange(16))
+    monkeypatch.setattr(gan_mod, "D_WINS_STEPS", 3)
+    monkeypatch.setattr(m, "d_step", lambda *a: {"d_loss": torch.tensor(0.001)})
+    monkeypatch.setattr(m, "g_step", lambda *a: {"g_loss": torch.tensor(9.0)})
+    with pytest.warns(RuntimeWarning, match="wins outright"):
+        for step in range(50):
+            t.ctx.step = step
+            m.training_step(batch, t.ctx)
+    real = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    fake = real[:1].repeat(64, 1) + 1e-3 * real  # every sample near one real point
+    with pytest.warns(RuntimeWarning, match="collapsed"):
+        out = m.summarize({"feat_real": real, "feat_fake": fake})
+    assert out["recall"] < 0.2 and out["diversity"] < 0.5 and out["fid_samples"] == 8
