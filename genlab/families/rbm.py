@@ -1,0 +1,429 @@
+"""Restricted Boltzmann machines ("rbm") and deep belief nets ("dbn") through the shared trainer.
+
+Both are a `DBNStack` (genlab.nn.dbn): an "rbm" is a stack of one layer. Layer l is trained by
+CD-k or PCD-k on the probabilities P(h|v) of the layers below it (computed without grad), one
+layer after the other within one run (greedy, Hinton, Osindero & Teh 2006); a DBN may end with a
+fine-tuning phase of the unrolled autoencoder (Hinton & Salakhutdinov 2006).
+
+The update. `RBM.cd_loss(v_data, v_model)` = mean F(v_data) - mean F(v_model) (negative sample
+detached) has the CD gradient, so the trainer's `ctx.update` applies it with any optimizer. With
+`train.optimizer: sgd` the momentum follows Hinton's schedule: `momentum_initial` for the first
+`momentum_switch` steps of each layer's phase, then `train.momentum` (set on the optimizer's param
+groups before each step). `train.weight_decay` is an L2 penalty on the weights W only, never on
+biases or sigma. The lr schedule runs on the global step: use `schedule: constant` for a DBN.
+Sampling (Gibbs chains, PCD chains in the `chains` buffers) uses the global torch RNG, which the
+trainer checkpoints, so kill-and-resume continues identically.
+
+Visible units. Bernoulli units see the [0, 1] pixel values as probabilities (common practice,
+Hinton's guide section 3); `sample_visible: true` feeds a fresh Bernoulli sample of them instead.
+Gaussian units (grey images) have a fixed or learned sigma per pixel.
+
+Phases. Layer l trains for `steps_per_layer[l]` steps, then `finetune_steps` of fine-tuning; the
+phase lengths are scaled to add up to `train.steps` (used as they are when they already do), each
+phase keeping at least one step. Empty `steps_per_layer`: the layers share the steps equally.
+
+Monitors (evaluate / summarize), all about the FIRST layer except `loss` and `recon_layer<l>`:
+  loss            MSE of the deterministic up-down reconstruction through the whole stack (or of
+                  the fine-tuned autoencoder); `recon_layer<l>`: each RBM's one-step error
+  pll             pseudo-log-likelihood per example, the noise-free expectation of scikit-learn's
+                  `BernoulliRBM.score_samples` on the same (unbinarised) data (Bernoulli only)
+  free_energy, free_energy_train, free_energy_gap
+                  mean F on the split, on a fixed cached subset of training examples (the first
+                  `gap_examples` seen), and their difference (> 0 and growing: overfitting)
+  ais_log_z (+ _se: standard error, ais_log_w_sd: spread of the log importance weights),
+  ais_log_likelihood (+ _lower: from log Z + 3 sd)
+                  annealed importance sampling, `ais_runs` runs over `ais_betas` temperatures, at
+                  the end of training and every `ais_every` steps, with its own seeded generator
+Renders: first-layer filters (one tile per hidden unit, its weights on v shaped as the image),
+receptive fields of deeper units (products of weights down to the input, linear, each frame on
+its own scale), reconstructions, model samples (Gibbs at the top of the trained part of the
+stack from random, then a down pass, fixed generator), the PCD chains; histograms of the hidden
+probabilities of every layer.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from genlab.data.base import DataInfo
+from genlab.families.base import EncoderSpec, Family, StepContext
+from genlab.nn.dbn import DBNStack
+from genlab.nn.rbm import ais_log_partition, momentum_at, pseudo_log_likelihood
+from genlab.optim import build_optimizer
+from genlab.registry import register_family
+from genlab.render import image_grid, tile_weights, triplets
+from genlab.schema import param
+
+
+@dataclass
+class _CDConfig:
+    """What every RBM layer shares: units, CD/PCD, initialisation, penalties, monitors, renders."""
+
+    visible: Literal["bernoulli", "gaussian"] = param(
+        "bernoulli", help="bernoulli: [0,1] pixels as probabilities; gaussian: real-valued pixels")
+    sigma: float = param(1.0, gt=0, help="gaussian: initial (or fixed) std of the visible units")
+    learn_sigma: bool = param(False, help="gaussian: learn a per-pixel sigma (else fixed)")
+    sample_visible: bool = param(False, help="bernoulli: train on a Bernoulli sample of the pixels "
+                                 "instead of their grey values")
+    k: int = param(1, ge=1, help="Gibbs steps per negative phase (CD-k / PCD-k)")
+    persistent: bool = param(True, help="PCD: persistent chains (kept in checkpoints); false: CD")
+    n_chains: int | None = param(None, ge=1, help="PCD chains (null: the batch size)")
+    init_std: float = param(0.01, gt=0, help="std of the initial weights N(0, init_std^2)")
+    init_visible_bias: bool = param(True, help="start visible biases at log(p/(1-p)) of the "
+                                    "first batch (gaussian: its mean)")
+    momentum_initial: float = param(0.5, ge=0, lt=1, help="sgd: momentum for the first "
+                                    "momentum_switch steps of each layer, then train.momentum")
+    momentum_switch: int = param(100, ge=0, help="sgd: steps of momentum_initial per layer")
+    sparsity_target: float | None = param(None, gt=0, lt=1, help="target mean activation of the "
+                                          "hidden units (null: no sparsity penalty)")
+    sparsity_cost: float = param(0.1, ge=0, help="weight of the cross-entropy sparsity penalty")
+    pll: Literal["exact", "stochastic", "off"] = param(
+        "exact", help="pseudo-likelihood: exact expectation over all units, sklearn's one-unit "
+        "estimate, or off")
+    gap_examples: int = param(256, ge=0, help="cached training examples for the free-energy gap "
+                              "and the AIS base rate (0: no gap)")
+    ais_runs: int = param(100, ge=0, help="AIS runs (0: no AIS)")
+    ais_betas: int = param(1000, ge=3, help="AIS intermediate temperatures")
+    ais_every: int = param(0, ge=0, help="steps between AIS estimates (0: only at the end)")
+    ais_seed: int = param(0, ge=0, help="seed of AIS's own generator (never the global RNG)")
+    sample_gibbs_steps: int = param(500, ge=1, help="Gibbs sweeps at the top for rendered samples")
+    filter_scale: float | None = param(None, gt=0, help="filter render contrast: weight +-scale is "
+                                       "white/black in every frame (null: 3 x RMS of each frame's W)")
+    render_units: int = param(100, ge=1, help="hidden units shown in the filter renders")
+
+
+@dataclass
+class RBMConfig(_CDConfig):
+    hidden: int = param(100, ge=1, help="number of hidden units (the exported feature size)")
+
+    def hidden_sizes(self) -> list[int]:
+        return [self.hidden]
+
+    def phase_weights(self) -> tuple[list[float], int]:
+        return [1.0], 0
+
+
+@dataclass
+class DBNConfig(_CDConfig):
+    layers: list[int] = param(default_factory=lambda: [256, 100], ge=1,
+                              help="hidden layer sizes, bottom to top (the input size comes first)")
+    steps_per_layer: list[int] = param(default_factory=list, ge=1, help="greedy steps per layer, "
+                                       "scaled to train.steps (empty: an equal share)")
+    finetune_steps: int = param(0, ge=0, help="steps fine-tuning the unrolled autoencoder last")
+    finetune_lr: float = param(1e-3, gt=0, help="Adam learning rate of the fine-tuning phase")
+
+    def __post_init__(self):
+        if not self.layers:
+            raise ValueError("layers: a DBN needs at least one hidden layer")
+        if self.steps_per_layer and len(self.steps_per_layer) != len(self.layers):
+            raise ValueError(f"steps_per_layer: expected {len(self.layers)} numbers (one per "
+                             f"layer), got {len(self.steps_per_layer)}")
+
+    def hidden_sizes(self) -> list[int]:
+        return list(self.layers)
+
+    def phase_weights(self) -> tuple[list[float], int]:
+        if self.steps_per_layer:
+            return [float(s) for s in self.steps_per_layer], self.finetune_steps
+        return [], self.finetune_steps  # an equal share of what fine-tuning leaves
+
+
+def _rms3(w: torch.Tensor) -> float:
+    """The default filter contrast: 3 x the RMS of all weights shown, one scale for every tile of
+    the frame (tiles compare with each other; outliers saturate instead of greying the rest)."""
+    return 3.0 * float(w.detach().float().pow(2).mean().sqrt()) + 1e-12
+
+
+def _upscale(img: torch.Tensor, f: int) -> torch.Tensor:
+    return img.repeat_interleave(f, -2).repeat_interleave(f, -1) if f > 1 else img
+
+
+def phase_ends(weights: list[float], total: int) -> list[int]:
+    """End step (exclusive) of each phase: weights scaled to sum to `total`, each >= 1 step when
+    total allows, the last ending at `total`."""
+    n, s = len(weights), sum(weights)
+    ends, acc = [], 0.0
+    for i, w in enumerate(weights):
+        acc += w
+        e = round(acc / s * total) if s > 0 else total
+        lo = ends[-1] + 1 if ends else 1
+        ends.append(min(max(e, lo), total - (n - 1 - i), total))
+    ends[-1] = total
+    return ends
+
+
+@register_family("rbm")
+class RBMFamily(Family):
+    """A single RBM (Bernoulli or Gaussian visible units) trained by CD-k / PCD-k."""
+
+    Config = RBMConfig
+    monitor = ("loss", "min")
+
+    def __init__(self, cfg: RBMConfig, info: DataInfo):
+        super().__init__()
+        self.cfg, self.info = cfg, info
+        self.input_shape = list(info.input_shape)
+        n_vis = 1
+        for d in self.input_shape:
+            n_vis *= int(d)
+        sizes = [n_vis, *cfg.hidden_sizes()]
+        self.stack = DBNStack(sizes, visible=cfg.visible, learn_sigma=cfg.learn_sigma, sigma=cfg.sigma)
+        with torch.no_grad():
+            for layer in self.stack.layers:
+                layer.W.normal_(0.0, cfg.init_std)
+                layer.n_chains = cfg.n_chains
+        self.L = len(self.stack.layers)
+        ft = getattr(cfg, "finetune_steps", 0)
+        self.autoencoder = self.stack.to_autoencoder(self.input_shape) if ft else None
+        # State that checkpoints must hold (buffers): steps taken, which layers had their visible
+        # bias initialised, the cached training subset, whether fine-tuning has begun.
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self.register_buffer("bias_done", torch.zeros(self.L, dtype=torch.bool))
+        self.register_buffer("train_ref", torch.zeros(cfg.gap_examples, n_vis))
+        self.register_buffer("train_ref_n", torch.zeros((), dtype=torch.long))
+        self.register_buffer("finetuned", torch.zeros((), dtype=torch.bool))
+        self._ends: list[int] | None = None  # phase ends, set by configure_optimizers
+        self._total: int | None = None
+        self._ais_cache: tuple | None = None
+        self._opts: dict = {}
+        self._final_momentum = 0.9
+
+    # -- phases ------------------------------------------------------------------------------
+    def phase(self, step: int) -> int:
+        """0..L-1: greedy training of that layer; L: fine-tuning. Unknown schedule: the top."""
+        if self._ends is None:
+            return self.L - 1
+        return next((i for i, e in enumerate(self._ends) if step < e), len(self._ends) - 1)
+
+    def configure_optimizers(self, train):
+        layer_w, ft = self.cfg.phase_weights()
+        if not layer_w:
+            layer_w = [max(train.steps - ft, self.L) / self.L] * self.L
+        weights = layer_w + ([float(ft)] if ft else [])
+        self._ends, self._total = phase_ends(weights, train.steps), train.steps
+        self._final_momentum = train.momentum
+        opts = {}
+        for i, rbm in enumerate(self.stack.layers):
+            others = [p for n, p in rbm.named_parameters() if n != "W"]
+            groups = [{"params": [rbm.W]}, {"params": others, "weight_decay": 0.0}]
+            opts[f"layer{i}"] = build_optimizer(groups, train)
+        if self.autoencoder is not None:
+            opts["finetune"] = torch.optim.Adam(self.autoencoder.parameters(), lr=self.cfg.finetune_lr)
+        for name, opt in opts.items():
+            # The trainer steps every lr scheduler each step while only the active phase's
+            # optimizer steps: idle optimizers are intended, so skip torch's ordering warning.
+            if name != "layer0":
+                opt._opt_called = True
+        self._opts = opts  # the same objects the trainer steps (and restores on resume)
+        return opts
+
+    # -- training ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _cache_train(self, v: torch.Tensor) -> None:
+        n, cap = int(self.train_ref_n), self.train_ref.shape[0]
+        if n < cap:
+            take = v[: cap - n]
+            self.train_ref[n:n + take.shape[0]] = take
+            self.train_ref_n += take.shape[0]
+
+    def training_step(self, batch, ctx: StepContext):
+        v = batch["x"].flatten(1)
+        self._cache_train(v)
+        self.steps_done += 1
+        p = self.phase(ctx.step)
+        if p == self.L:
+            return self._finetune_step(v, ctx)
+        cfg, rbm = self.cfg, self.stack.layers[p]
+        with torch.no_grad():
+            if p == 0 and cfg.visible == "bernoulli" and cfg.sample_visible:
+                v = torch.bernoulli(v)
+            v = self.stack.up(v, upto=p)  # (B, sizes[p]) probabilities of the layers below
+            if not self.bias_done[p] and cfg.init_visible_bias:
+                rbm.init_visible_bias(v)
+            self.bias_done[p] = True
+            v_neg = rbm.negative_phase(v, cfg.k, cfg.persistent)
+            recon = rbm.reconstruction_error(v)
+        loss = rbm.cd_loss(v, v_neg)
+        if cfg.sparsity_target is not None and cfg.sparsity_cost > 0:
+            loss = loss + rbm.sparsity_penalty(v, cfg.sparsity_target, cfg.sparsity_cost, "cross_entropy")
+        start = 0 if p == 0 else self._ends[p - 1]
+        for g in self._opts[f"layer{p}"].param_groups:
+            if "momentum" in g:  # SGD: Hinton's schedule, counted from the layer's first step
+                g["momentum"] = momentum_at(ctx.step - start, cfg.momentum_initial,
+                                            self._final_momentum, cfg.momentum_switch)
+        ctx.update(f"layer{p}", loss)
+        return {"loss": loss.detach(), "recon_error": recon, "phase": torch.tensor(float(p), device=v.device)}
+
+    def _finetune_step(self, v, ctx):
+        if not self.finetuned:  # the first fine-tuning step: unroll the trained stack
+            with torch.no_grad():
+                self.autoencoder.load_state_dict(self.stack.to_autoencoder(self.input_shape).state_dict())
+            self.finetuned.fill_(True)
+        with ctx.autocast():
+            out = self.autoencoder(v.view(-1, *self.input_shape)).flatten(1).float()
+        if self.cfg.visible == "bernoulli":
+            loss = F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), v)
+        else:
+            loss = F.mse_loss(out, v)
+        ctx.update("finetune", loss)
+        return {"loss": loss.detach(), "recon_error": F.mse_loss(out.detach(), v),
+                "phase": torch.tensor(float(self.L), device=v.device)}
+
+    # -- the deterministic model -------------------------------------------------------------
+    def _enc_params(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight on the layer's input, bias) per layer, exactly as the exported MLP holds them."""
+        if self.autoencoder is not None and bool(self.finetuned):
+            lins = [m for m in self.autoencoder.encoder if isinstance(m, torch.nn.Linear)]
+            return [(m.weight, m.bias) for m in lins]
+        return [((r.W / r.sigma) if r.visible == "gaussian" else r.W, r.b_h) for r in self.stack.layers]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic features P(h=1|v) of the top layer (means, never samples): (B, out)."""
+        h = x.flatten(1)
+        for w, b in self._enc_params():
+            h = torch.sigmoid(F.linear(h, w, b))
+        return h
+
+    @property
+    def out_features(self) -> int:
+        return self.stack.sizes[-1]
+
+    def encoder_spec(self) -> EncoderSpec:
+        mlp = self.stack.to_encoder(self.input_shape)
+        with torch.no_grad():
+            for lin, (w, b) in zip([m for m in mlp if isinstance(m, torch.nn.Linear)], self._enc_params()):
+                lin.weight.copy_(w)
+                lin.bias.copy_(b)
+        return EncoderSpec(builder="sigmoid_mlp", module=mlp, out_features=self.out_features,
+                           config={"sizes": list(self.stack.sizes), "input_shape": self.input_shape},
+                           extra={"layer_sizes": list(self.stack.sizes), "visible": self.cfg.visible,
+                                  "fine_tuned": bool(self.finetuned)})
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean-field up pass through every layer and down again, (B, V)."""
+        if self.autoencoder is not None and bool(self.finetuned):
+            return self.autoencoder(x.view(-1, *self.input_shape)).flatten(1)
+        h = self.stack.up(x)
+        for rbm in reversed(self.stack.layers):
+            h = rbm.p_v_given_h(h)
+        return h
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, top: int | None = None) -> torch.Tensor:
+        """n images: a Gibbs chain in RBM `top` (default: the last) from random states, then the
+        mean-field down pass. (n, C, H, W)."""
+        top = self.L - 1 if top is None else top
+        rbm = self.stack.layers[top]
+        dev = rbm.W.device
+        if rbm.visible == "bernoulli":
+            x = (torch.rand((n, rbm.n_visible), generator=generator, device=dev) < 0.5).to(rbm.W)
+        else:
+            x = rbm.b_v + rbm.sigma * torch.randn((n, rbm.n_visible), generator=generator, device=dev)
+        x = rbm.gibbs_k(x, self.cfg.sample_gibbs_steps, generator)
+        x = rbm.p_v_given_h(rbm.sample_h(x, generator))
+        for layer in reversed(self.stack.layers[:top]):
+            x = layer.p_v_given_h(x)
+        return x.view(n, *self.input_shape)
+
+    # -- monitors ----------------------------------------------------------------------------
+    def _eval_generator(self, batch, device) -> torch.Generator:
+        idx = batch.get("index")
+        key = zlib.crc32(idx.cpu().numpy().tobytes()) if idx is not None else 0
+        return torch.Generator(device=device).manual_seed(key)
+
+    @torch.no_grad()
+    def evaluate(self, batch):
+        v = batch["x"].flatten(1)
+        rbm0 = self.stack.layers[0]
+        out = {"loss": F.mse_loss(self.reconstruct(v), v)}
+        if self.L > 1:
+            h = v
+            for i, rbm in enumerate(self.stack.layers):
+                out[f"recon_layer{i}"] = rbm.reconstruction_error(h)
+                h = rbm.p_h_given_v(h)
+        if rbm0.visible == "bernoulli" and self.cfg.pll != "off":
+            gen = self._eval_generator(batch, v.device) if self.cfg.pll == "stochastic" else None
+            out["pll"] = pseudo_log_likelihood(rbm0, v, generator=gen, exact=self.cfg.pll == "exact",
+                                               binarize=False).mean()
+        out["free_energy"] = rbm0.double_free_energy(v)  # (B,) float64: for summarize
+        return out
+
+    @torch.no_grad()
+    def summarize(self, collected):
+        rbm0, out = self.stack.layers[0], {}
+        fe = collected["free_energy"].mean()
+        out["free_energy"] = fe.item()
+        n = int(self.train_ref_n)
+        ref = self.train_ref[:n]
+        if n:
+            fe_train = rbm0.double_free_energy(ref).mean()
+            out["free_energy_train"] = fe_train.item()
+            out["free_energy_gap"] = (fe - fe_train).item()
+        done = int(self.steps_done)
+        due = done > 0 and ((self._total is not None and done >= self._total)
+                            or (self.cfg.ais_every and done % self.cfg.ais_every == 0))
+        if self.cfg.ais_runs and due:
+            ais = self._ais(ref if n else None)
+            out["ais_log_z"] = ais["log_z"].item()
+            out["ais_log_z_se"] = ais["log_z_std"].item()
+            out["ais_log_w_sd"] = ais["log_weights"].std().item() if self.cfg.ais_runs > 1 else 0.0
+            out["ais_log_likelihood"] = (-fe - ais["log_z"]).item()
+            out["ais_log_likelihood_lower"] = (-fe - ais["log_z_upper"]).item()
+        return out
+
+    def _ais(self, ref: torch.Tensor | None) -> dict:
+        """AIS log Z of the first RBM, cached for the current weights (val and test share it)."""
+        rbm0 = self.stack.layers[0]
+        key = (int(self.steps_done), tuple(p._version for p in rbm0.parameters()))
+        if self._ais_cache is None or self._ais_cache[0] != key:
+            gen = torch.Generator(device=rbm0.W.device).manual_seed(self.cfg.ais_seed + int(self.steps_done))
+            res = ais_log_partition(rbm0, n_runs=self.cfg.ais_runs, n_betas=self.cfg.ais_betas,
+                                    base="data-biases" if ref is not None else "zero", data=ref,
+                                    generator=gen)
+            self._ais_cache = (key, res)
+        return self._ais_cache[1]
+
+    # -- renders -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def renders(self, batch):
+        x = batch["x"]
+        shape, k = self.input_shape, self.cfg.render_units
+        up = max(1, min(8, 32 // max(shape[-2:])))  # 8x8 digits: 4x, so TensorBoard shows them
+        params = self._enc_params()
+        w0 = params[0][0][:k]
+        out = {"filters": tile_weights(w0, shape, scale=self.cfg.filter_scale or _rms3(w0), upscale=up)}
+        field = params[0][0]
+        for i, (w, _) in enumerate(params[1:], start=1):
+            field = w @ field  # (H_i, V): unit j's linear receptive field on the input
+            out[f"receptive_fields_layer{i}"] = tile_weights(field[:k], shape, scale=_rms3(field[:k]),
+                                                             upscale=up)
+        n = min(8, x.shape[0])
+        recon = self.reconstruct(x[:n].flatten(1)).view(n, *shape)
+        out["reconstructions"] = _upscale(triplets(x[:n], None, recon), up)
+        top = min(self.phase(max(int(self.steps_done) - 1, 0)), self.L - 1)
+        gen = torch.Generator(device=x.device).manual_seed(self.cfg.ais_seed)
+        out["samples"] = _upscale(image_grid(self.sample(32, gen, top=top).clamp(0, 1), nrow=8), up)
+        chains = self.stack.layers[0].chains
+        if chains.shape[0]:
+            out["pcd_chains"] = _upscale(image_grid(chains[:32].view(-1, *shape).clamp(0, 1), nrow=8), up)
+        return out
+
+    @torch.no_grad()
+    def histograms(self, batch):
+        h, out = batch["x"].flatten(1), {}
+        for i, rbm in enumerate(self.stack.layers):
+            h = rbm.p_h_given_v(h)
+            out[f"hidden_probs_layer{i}"] = h
+        return out
+
+
+@register_family("dbn")
+class DBNFamily(RBMFamily):
+    """A deep belief net: RBMs stacked by `layers`, trained greedily in turn, optionally fine-tuned."""
+
+    Config = DBNConfig
