@@ -1,0 +1,127 @@
+"""The served classifier: a `LoadedRun` (recipe.yaml + best.pt, loaded with weights_only=True,
+eval mode, on the configured device) and one batched prediction function.
+
+The answer for an image is the family's own: probabilities = `Classifier.predict_proba`
+(softmax of the logits, without gradients), P(lesion) = `Classifier.lesion_probability`
+(1 - P(negative classes)), a lesion call at or above `model.lesion_threshold` — exactly what
+`genlab predict` prints. A Grad-CAM overlay (the predicted class, `Classifier.gradcam` and
+`genlab.gradcam.overlay`) is drawn only for images that ask for one; it is the one place that
+takes gradients (with respect to the input; no parameter's .grad is touched).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+import genlab
+from genlab.serve.images import FORMATS, Decoded, png_base64
+
+
+def _clean(v):
+    """JSON-safe: NaN/inf -> None, recursively."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+class ServedModel:
+    def __init__(self, run_dir: Path, device: str = "cpu", checkpoint: str = "best"):
+        import genlab.cli  # noqa: F401  (cli_classifier imports cli first)
+        from genlab.cli_classifier import LoadedRun
+
+        self.run = LoadedRun(Path(run_dir), device, checkpoint)
+        self.model = self.run.model.eval()
+        self.names = list(self.run.info.class_names)
+        self.channels, h, w = self.run.info.input_shape
+        self.size = (int(h), int(w))
+        self.threshold = float(self.model.cfg.lesion_threshold)
+        self.negative = [self.names[i] for i in self.model.negative]
+
+    # -- description -------------------------------------------------------------------------
+    def info(self) -> dict:
+        run, cfg = self.run, self.model.cfg
+        c, (h, w) = self.channels, self.size
+        test, source = None, None
+        metrics = run.run_dir / "metrics.json"
+        if metrics.is_file():
+            try:
+                test = json.loads(metrics.read_text()).get("test")
+                source = "metrics.json (end of training)"
+            except (OSError, json.JSONDecodeError):
+                test = None
+        evaluated = run.run_dir / "eval" / "test" / "metrics.json"
+        eval_block = None
+        if evaluated.is_file():
+            try:
+                e = json.loads(evaluated.read_text())
+                eval_block = {k: e.get(k) for k in ("n", "accuracy", "auc", "ece", "step")}
+                if e.get("binary"):
+                    eval_block["binary"] = {k: e["binary"].get(k) for k in
+                                            ("sensitivity", "specificity", "ppv", "npv", "auc")}
+            except (OSError, json.JSONDecodeError):
+                eval_block = None
+        return _clean({
+            "name": run.recipe.name, "description": run.recipe.description,
+            "genlab_version": genlab.__version__,
+            "run": run.run_dir.name, "checkpoint": run.checkpoint.name, "step": run.step,
+            "device": str(run.device),
+            "classes": self.names,
+            "input_shape": [c, h, w],
+            "preprocessing": {
+                "formats": list(FORMATS),
+                "color": "grayscale (L)" if c == 1 else "RGB",
+                "conversion": ("any mode is converted to "
+                               + ("grayscale 'L'" if c == 1 else "RGB")
+                               + "; 16-bit and float images are scaled, not clipped; alpha is "
+                                 "dropped; an animated image gives its first frame"),
+                "resize": f"to {w}x{h} (W x H), bilinear, aspect ratio not kept",
+                "scale": "uint8 / 255 -> float32 in [0, 1]",
+                "value_range": list(run.info.value_range),
+                "exif_orientation": "not applied",
+                "in_model": {"clahe": bool(cfg.clahe)},
+            },
+            "lesion": ({"negative_classes": self.negative, "threshold": self.threshold,
+                        "rule": "P(lesion) = 1 - P(negative classes); lesion when >= threshold"}
+                       if self.negative else None),
+            "gradcam_available": bool(self.model.can_explain),
+            "test_metrics": test, "test_metrics_source": source, "eval_test": eval_block,
+        })
+
+    # -- prediction --------------------------------------------------------------------------
+    def predict(self, items: list[tuple[Decoded, bool]]) -> list[dict]:
+        """One forward pass for all `items` ((decoded image, wants Grad-CAM)); runs in the
+        batcher's worker thread."""
+        x = torch.stack([d.x for d, _ in items]).to(self.run.device)  # (B, C, H, W)
+        with torch.inference_mode():
+            probs = self.model.predict_proba(x).cpu()  # (B, K) softmax of the logits
+        p_lesion = self.model.lesion_probability(probs)
+        want = [i for i, (_, cam) in enumerate(items) if cam]
+        overlays: dict[int, str] = {}
+        if want and self.model.can_explain:
+            from genlab.gradcam import overlay
+
+            xs = x[want].clone()
+            cams = self.model.gradcam(xs).cpu()
+            for j, i in enumerate(want):
+                overlays[i] = png_base64(overlay(xs[j].cpu().numpy(), cams[j].numpy()))
+        out = []
+        for i, (d, _) in enumerate(items):
+            k = int(probs[i].argmax())
+            rec = {"name": d.name, "class": self.names[k], "probability": float(probs[i, k]),
+                   "probabilities": {n: float(probs[i, j]) for j, n in enumerate(self.names)},
+                   "lesion": None,
+                   "input": {"original": d.original, "converted": d.converted},
+                   "gradcam_png": overlays.get(i)}
+            if p_lesion is not None:
+                pl = float(p_lesion[i])
+                rec["lesion"] = {"probability": pl, "threshold": self.threshold,
+                                 "call": pl >= self.threshold, "negative_classes": self.negative}
+            out.append(rec)
+        return out
