@@ -110,15 +110,38 @@ def data_brain(out, n, mode, seed, split):
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu",
               show_default=True, help="Device used to rebuild the model. Example: --device cpu")
-def export(run_dir, device):
+@click.option("--format", "fmt", type=click.Choice(["bundle", "onnx", "torchscript", "safetensors"]),
+              default="bundle", show_default=True,
+              help="bundle: the encoder bundle below. onnx, torchscript, safetensors: the classifier "
+                   "(classifier runs, best.pt) or the encoder, any batch size, built on the CPU and "
+                   "checked against PyTorch on test images (max |diff| <= 1e-4; see "
+                   "genlab.export_formats). Example: --format onnx")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for onnx/torchscript/safetensors files (default RUN_DIR/export). "
+                   "Example: --out dist/")
+def export(run_dir, device, fmt, out):
     """(Re-)write RUN_DIR/export/ (encoder.safetensors + encoder.json) from the newest checkpoint.
 
     Works on finished and interrupted runs. Load the result with genlab.load_encoder(path).
+    With --format onnx|torchscript|safetensors: a deployable model, parity-checked.
 
     \b
-    Example:
+    Examples:
       genlab export runs/dae_brain/20260101-120000
+      genlab export runs/lesion_brain/20260101-120000 --format onnx
     """
+    if fmt != "bundle":
+        from genlab.export_formats import export_run
+
+        res = export_run(run_dir, fmt, out)
+        click.echo(f"exported the {res.kind} (step {res.step}) as {fmt}: "
+                   f"{', '.join(str(f) for f in res.files)}")
+        click.echo(f"parity with PyTorch on {res.parity_inputs} (batch sizes "
+                   f"{', '.join(map(str, res.batch_sizes))}): max |diff| {res.max_abs_diff:.2e}")
+        return
+    if out is not None:
+        raise GenlabError("--out applies to --format onnx, torchscript or safetensors; the bundle "
+                          "is always RUN_DIR/export/")
     from genlab.recipe import load_recipe
     from genlab.trainer import Trainer
 
@@ -130,6 +153,8 @@ def export(run_dir, device):
     if path is None:
         raise GenlabError(f"family {rec.family!r} has no encoder to export")
     click.echo(f"exported the encoder at step {trainer.step} to {path}")
+    if hasattr(trainer.model, "export_generator"):  # generative runs: the generator too
+        click.echo(f"exported the generator to {trainer.model.export_generator(path)}")
 
 
 # -- list --------------------------------------------------------------------------------------
@@ -191,6 +216,27 @@ def _recipe_description(path: Path) -> str:
         return str(data.get("description", "")) if isinstance(data, dict) else ""
     except (yaml.YAMLError, OSError):
         return "(unreadable)"
+
+
+# -- eval, predict, explain (classifier runs) --------------------------------------------------
+from genlab.cli_classifier import register as _register_classifier_commands  # noqa: E402
+
+_register_classifier_commands(cli)
+
+# -- sample (generative runs) ------------------------------------------------------------------
+from genlab.cli_gan import register as _register_gan_commands  # noqa: E402
+
+_register_gan_commands(cli)
+
+# -- play (DQN maze runs) ----------------------------------------------------------------------
+from genlab.cli_play import register as _register_play_commands  # noqa: E402
+
+_register_play_commands(cli)
+
+# -- serve (classifier runs as a REST API) -----------------------------------------------------
+from genlab.cli_serve import register as _register_serve_commands  # noqa: E402
+
+_register_serve_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,12 @@ _MODULES = (
     "genlab.data.digits",
     "genlab.data.folders",
     "genlab.data.torchvision_sets",
+    "genlab.data.maze_source",
     "genlab.families.ae",
+    "genlab.families.classifier",
+    "genlab.families.gan",
+    "genlab.families.dqn",
+    "genlab.families.rbm",
 )
 
 

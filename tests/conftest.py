@@ -17,6 +17,21 @@ TINY_FAMILIES: dict[str, dict] = {
     "dae": {"family": "dae", "data": {"name": "digits"},
             "model": {"arch": "conv", "channels": [8, 16], "bottleneck": 8,
                       "corruption": {"kind": "gaussian", "level": 0.25}}},
+    "gan": {"family": "gan", "data": {"name": "digits"},
+            "model": {"g_width": 8, "d_width": 8, "features": 16, "z_dim": 8, "fid_samples": 8}},
+    "classifier": {"family": "classifier", "data": {"name": "digits"},
+                   "model": {"backbone": "vgg_sep", "channels": [4, 8, 8]}},
+    "rbm": {"family": "rbm", "data": {"name": "digits"},
+            "model": {"hidden": 16, "ais_runs": 8, "ais_betas": 30, "sample_gibbs_steps": 20}},
+    "dbn": {"family": "dbn", "data": {"name": "digits"},
+            "model": {"layers": [16, 8], "finetune_steps": 2, "ais_runs": 8, "ais_betas": 30,
+                      "sample_gibbs_steps": 20}},
+    "dqn": {"family": "dqn",
+            "data": {"name": "maze", "env": {"size": 7, "n_food": 2, "n_shock": 1, "max_steps": 30},
+                     "val_size": 8, "test_size": 8},
+            "model": {"channels": [4], "hidden": [16], "num_envs": 4, "buffer_size": 64,
+                      "learning_starts": 16, "n_step": 2, "target_update_every": 2,
+                      "exploration_fraction": 1.0, "explore_repeat": 3}},
 }
 
 

@@ -10,11 +10,24 @@ from collections.abc import Callable
 from torch import nn
 
 from genlab.nn.blocks import ConvEncoder, DenseEncoder
+from genlab.nn.dbn import sigmoid_mlp
+from genlab.nn.gan_blocks import DiscTrunk
 
 ENCODER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "conv_encoder": ConvEncoder,
     "dense_encoder": DenseEncoder,
+    "gan_disc_trunk": DiscTrunk,
+    "sigmoid_mlp": sigmoid_mlp,
 }
+
+
+def _classifier_backbone(**config) -> nn.Module:  # imported late: backbones imports this package
+    from genlab.nn.backbones import build_backbone
+
+    return build_backbone(**config)
+
+
+ENCODER_BUILDERS["classifier_backbone"] = _classifier_backbone
 
 
 def register_encoder_builder(name: str, fn: Callable[..., nn.Module]) -> None:
