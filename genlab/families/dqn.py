@@ -126,8 +126,7 @@ class PlanTrunk(nn.Module):
     per action (plan_actions of them), as in the VIN paper.
     Readout: the maps [V, Q, features] at the mouse's cell and the cells in front, to its right,
     behind and to its left (in that order whatever its heading), so "forward" always reads the
-    same slot, plus those 5 values of V standardised (far from food V is small and nearly flat,
-    yet which neighbour is higher decides the move). Output (B, 5 * (2 + A + C)).
+    same slot. Output (B, 5 * (1 + A + C)).
     """
 
     def __init__(self, in_shape: tuple[int, int, int], cfg: DQNConfig):
@@ -148,8 +147,7 @@ class PlanTrunk(nn.Module):
             a = cfg.plan_actions
             self.trans_logits = nn.Parameter(0.1 * torch.randn(a, 9))
         self.reward = nn.Conv2d(c, a, 3, padding=1)
-        # gamma starts high: far food must still leave a readable slope in V (0.97^20 = 0.54)
-        self.gamma_logit = nn.Parameter(torch.tensor(math.log(0.97 / 0.03)))
+        self.gamma_logit = nn.Parameter(torch.tensor(math.log(0.9 / 0.1)))
         self.iters = cfg.plan_iters
         # flat offsets of (own, front, right, back, left) cells, by heading N, E, S, W
         from genlab.envs.maze import DELTAS
@@ -166,7 +164,7 @@ class PlanTrunk(nn.Module):
                     if 0 <= i + dr < h and 0 <= j + dc < w:
                         nb[k, i * w + j, (i + dr) * w + j + dc] = 1.0
         self.register_buffer("neighbours", nb, persistent=False)
-        self.out_features = 5 * (2 + a + c)
+        self.out_features = 5 * (1 + a + c)
 
     def plan(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """V (B, 1, H, W), Q (B, A, H, W) after the sweeps, and the features (B, C, H, W)."""
@@ -194,12 +192,7 @@ class PlanTrunk(nn.Module):
         pos = x[:, 3].flatten(1).argmax(1)                            # (B,) mouse cell
         heading = x[:, 4:8].flatten(2).amax(2).argmax(1)              # (B,) 0..3
         idx = (pos[:, None] + self.offsets[heading]).clamp(0, maps.shape[2] - 1)  # (B, 5)
-        read = maps.gather(2, idx[:, None, :].expand(-1, maps.shape[1], -1))      # (B, M, 5)
-        # V around the mouse standardised across the 5 cells: far from food V is small and
-        # flat, but which neighbour is higher is what decides the move
-        v5 = read[:, 0]
-        rel = (v5 - v5.mean(1, keepdim=True)) / (v5.std(1, keepdim=True) + 1e-4)
-        return torch.cat([read.flatten(1), rel], 1)
+        return maps.gather(2, idx[:, None, :].expand(-1, maps.shape[1], -1)).flatten(1)
 
 
 class QNet(nn.Module):
