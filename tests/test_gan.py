@@ -239,3 +239,13 @@ def test_warnings_for_a_winning_discriminator_and_collapsed_samples(runs, monkey
     with pytest.warns(RuntimeWarning, match="collapsed"):
         out = m.summarize({"feat_real": real, "feat_fake": fake})
     assert out["recall"] < 0.2 and out["diversity"] < 0.5 and out["fid_samples"] == 8
+
+
+def test_clamped_output_stays_in_range_and_passes_gradients():
+    g = Generator([1, 28, 28], gan_widths(28, 28, 4, 16), z_dim=8, output="clamp")
+    with torch.no_grad():  # push the pre-activation far outside [0, 1]
+        g.body[-1].bias.fill_(5.0)
+    x = g(torch.randn(4, 8))
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    x.sum().backward()
+    assert g.fc.weight.grad.abs().sum() > 0  # a plain clamp would pass no gradient here

@@ -64,6 +64,8 @@ class GANConfig:
                                              "statistics of the generated batch, also when sampling)")
     g_upsample: Literal["transposed", "nearest"] = param("nearest", help="generator x2 layers: "
                                                          "4x4 transposed conv, or nearest resize + 3x3 conv")
+    g_output: Literal["sigmoid", "clamp"] = param("sigmoid", help="generator output: sigmoid, or a "
+                                                  "clamp to [0, 1] with a straight-through gradient")
     spectral_norm: bool = param(True, help="spectral normalisation of every discriminator layer")
     gp_weight: float = param(10.0, ge=0, help="gradient-penalty weight (loss wgan-gp)")
     d_steps: int = param(1, ge=1, help="discriminator updates per generator update (per trainer step)")
@@ -138,7 +140,7 @@ class GAN(Family):
                                cfg.spectral_norm)
         self._gen_args = dict(out_shape=list(info.input_shape), z_dim=cfg.z_dim, num_classes=ncls,
                               channels=gan_widths(h, w, cfg.g_width, cfg.max_width), norm=cfg.g_norm,
-                              upsample=cfg.g_upsample)
+                              upsample=cfg.g_upsample, output=cfg.g_output)
         self.G = Generator(**self._gen_args)
         # The EMA generator lives in the state_dict (checkpoints hold it); never optimised.
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)

@@ -110,6 +110,8 @@ class Generator(nn.Module):
     (BN + ReLU) mirroring the discriminator -> (B, C, H, W) through a sigmoid. An upsampling layer
     is a stride-2 4x4 transposed conv ("transposed", DCGAN) or a nearest-neighbour resize and a
     3x3 conv ("nearest": about twice the compute, no period-2 checkerboard artefacts).
+    The output is a sigmoid, or ("clamp") a clamp to [0, 1] with a straight-through gradient: a
+    sigmoid near 0 or 1 passes almost no gradient, which makes dark backgrounds hard to vary.
 
     Batch norm here always uses the statistics of the batch being generated
     (track_running_stats=False): no running buffers, so sampling in eval mode changes nothing
@@ -117,7 +119,8 @@ class Generator(nn.Module):
     """
 
     def __init__(self, out_shape: list[int], channels: list[int], z_dim: int,
-                 num_classes: int = 0, norm: str = "batch", upsample: str = "transposed"):
+                 num_classes: int = 0, norm: str = "batch", upsample: str = "transposed",
+                 output: str = "sigmoid"):
         super().__init__()
         c, h, w = out_shape
         sizes = _sizes(h, w, len(channels))
@@ -142,13 +145,18 @@ class Generator(nn.Module):
                 layers.append(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, output_padding=pad))
             if i < len(rev) - 1:
                 layers += norm_act(cout)
-        layers.append(nn.Sigmoid())
+        self.output = output
+        if output == "sigmoid":
+            layers.append(nn.Sigmoid())
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
             z = torch.cat([z, self.embed(y)], 1)
-        return self.body(self.fc(z).view(z.shape[0], *self.start_shape))  # (B, C, H, W) in [0, 1]
+        x = self.body(self.fc(z).view(z.shape[0], *self.start_shape))
+        if self.output == "clamp":  # straight-through: the value is clamped, the gradient is not
+            x = x + (x.clamp(0, 1) - x).detach()
+        return x  # (B, C, H, W) in [0, 1]
 
 
 def save_generator(module: Generator, config: dict, out_dir, meta: dict | None = None):
