@@ -89,8 +89,8 @@ def main() -> None:
         default=None,
         help="torch CPU thread counts to try (default: the current one)",
     )
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--mode", default="hard", choices=("easy", "hard"))
     args = ap.parse_args()
 
