@@ -171,7 +171,10 @@ def format_localisation(loc: dict) -> str:
               help="Images per forward pass. Example: --batch-size 256")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N images of the split. Example: --limit 500")
-def eval_cmd(run_dir, split, data_overrides, checkpoint, out, device, batch_size, limit):
+@click.option("--cam-tolerance", type=click.IntRange(min=0), default=None,
+              help="Pointing-game tolerance in pixels (default: the run's model.cam_tolerance_px). "
+                   "Example: --cam-tolerance 8")
+def eval_cmd(run_dir, split, data_overrides, checkpoint, out, device, batch_size, limit, cam_tolerance):
     """Evaluate a classifier run on a split: a metrics table, metrics.json, figures.
 
     Writes <out>/metrics.json, confusion_matrix.png (rows = actual class, columns = predicted
@@ -186,6 +189,8 @@ def eval_cmd(run_dir, split, data_overrides, checkpoint, out, device, batch_size
     from genlab.tracking import Tracker, write_json
 
     run = LoadedRun(run_dir, device, checkpoint, need_data=True, data_overrides=data_overrides)
+    if cam_tolerance is not None:
+        run.model.cfg.cam_tolerance_px = cam_tolerance
     report, raw = evaluate_split(run, split, batch_size, limit)
     out = Path(out) if out is not None else run_dir / "eval" / split
     out.mkdir(parents=True, exist_ok=True)

@@ -61,10 +61,12 @@ def register(cli: click.Group) -> None:
     def sample(run_dir, n, out, class_name, seed, nrow, device):
         """Write a grid of N samples from RUN_DIR's generator (its EMA weights) to a PNG.
 
+        --class needs a conditional run (genlab train ... --set model.conditional=true).
+
         \b
         Examples:
           genlab sample runs/gan_brain/20260101-120000 --n 64 --out grid.png
-          genlab sample runs/gan_brain_cond/20260101-120000 --n 32 --out b.png --class B
+          genlab sample runs/gan_brain/20260101-120000-cond --n 32 --out b.png --class B
         """
         path = sample_run(run_dir, n, out, class_name, seed, device, nrow)
         click.echo(f"wrote {n} samples to {path}")

@@ -23,8 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["diversity", "frechet_distance", "gaussian_stats", "precision_recall",
-           "frechet_from_stats"]
+__all__ = [
+    "diversity",
+    "frechet_distance",
+    "frechet_from_stats",
+    "gaussian_stats",
+    "precision_recall",
+]
 
 
 def _f64(x) -> np.ndarray:

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_recipe
+
 from genlab import gen_metrics, load_encoder
 from genlab.cli import main
 from genlab.errors import RecipeError
@@ -155,7 +155,7 @@ def test_resume_restores_both_optimizers_and_the_ema(runs):
 @pytest.mark.parametrize("shape,depth", [((1, 8, 8), 1), ((1, 28, 28), 2), ((3, 64, 64), 4),
                                          ((1, 128, 96), 4)])
 def test_depth_adapts_to_the_input_shape(shape, depth):
-    c, h, w = shape
+    _, h, w = shape
     assert gan_depth(h, w) == depth
     g = Generator(list(shape), gan_widths(h, w, 4, 16), z_dim=8, num_classes=3)
     with torch.no_grad():
@@ -230,10 +230,12 @@ def test_warnings_for_a_winning_discriminator_and_collapsed_samples(runs, monkey
     monkeypatch.setattr(gan_mod, "D_WINS_STEPS", 3)
     monkeypatch.setattr(m, "d_step", lambda *a: {"d_loss": torch.tensor(0.001)})
     monkeypatch.setattr(m, "g_step", lambda *a: {"g_loss": torch.tensor(9.0)})
+    for step in range(49):
+        t.ctx.step = step
+        m.training_step(batch, t.ctx)
+    t.ctx.step = 49  # the streak is checked every 50 steps
     with pytest.warns(RuntimeWarning, match="wins outright"):
-        for step in range(50):
-            t.ctx.step = step
-            m.training_step(batch, t.ctx)
+        m.training_step(batch, t.ctx)
     real = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
     fake = real[:1].repeat(64, 1) + 1e-3 * real  # every sample near one real point
     with pytest.warns(RuntimeWarning, match="collapsed"):

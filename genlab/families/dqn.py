@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -298,7 +298,7 @@ class Replay(nn.Module):
         super().__init__()
         self.capacity, self.n, self.gamma = capacity, n_step, gamma
         h, w = grid
-        u8 = dict(dtype=torch.uint8)
+        u8 = {"dtype": torch.uint8}
         self.register_buffer("obs", torch.zeros(capacity, h, w, **u8))
         self.register_buffer("next_obs", torch.zeros(capacity, h, w, **u8))
         self.register_buffer("action", torch.zeros(capacity, dtype=torch.long))
@@ -678,7 +678,6 @@ def q_heatmap(qmap: torch.Tensor, layout: Layout, cell_px: int = 8) -> torch.Ten
     food cells green, shock cells red."""
     from genlab.render import _grid
 
-    h, w = layout.shape
     panels = [qmap.nan_to_num(float("-inf")).max(0).values, *qmap]
     finite = qmap[torch.isfinite(qmap)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)

@@ -40,7 +40,7 @@ from genlab import gen_metrics
 from genlab.data.base import DataInfo
 from genlab.errors import RecipeError
 from genlab.families.base import EncoderSpec, Family, StepContext
-from genlab.nn.gan_blocks import DiscTrunk, Discriminator, Generator, gan_widths, save_generator
+from genlab.nn.gan_blocks import Discriminator, DiscTrunk, Generator, gan_widths, save_generator
 from genlab.optim import build_optimizer
 from genlab.registry import register_family
 from genlab.render import image_grid, tile_kernels
@@ -110,7 +110,7 @@ def ema_beta(step: int, decay: float) -> float:
 def random_conv_judge(in_shape, seed: int = 0) -> DiscTrunk:
     """A conv net with fixed random weights (He-normal, zero bias) built without touching the
     global RNG: 'random features' for a Fréchet distance when no trained encoder is given."""
-    c, h, w = in_shape
+    _, h, w = in_shape
     with torch.random.fork_rng(devices=[]):
         net = DiscTrunk(list(in_shape), gan_widths(h, w, 16, 128), 128)
     g = torch.Generator().manual_seed(seed)
@@ -130,17 +130,18 @@ class GAN(Family):
     def __init__(self, cfg: GANConfig, info: DataInfo):
         super().__init__()
         self.cfg, self.info = cfg, info
-        c, h, w = info.input_shape
+        _, h, w = info.input_shape
         self.conditional = cfg.conditional
         ncls = info.num_classes if cfg.conditional else 0
-        self._trunk_args = dict(in_shape=list(info.input_shape),
-                                channels=gan_widths(h, w, cfg.d_width, cfg.max_width),
-                                out_features=cfg.features, spectral_norm=cfg.spectral_norm)
+        self._trunk_args = {"in_shape": list(info.input_shape),
+                            "channels": gan_widths(h, w, cfg.d_width, cfg.max_width),
+                            "out_features": cfg.features, "spectral_norm": cfg.spectral_norm}
         self.D = Discriminator(info.input_shape, self._trunk_args["channels"], cfg.features, ncls,
                                cfg.spectral_norm)
-        self._gen_args = dict(out_shape=list(info.input_shape), z_dim=cfg.z_dim, num_classes=ncls,
-                              channels=gan_widths(h, w, cfg.g_width, cfg.max_width), norm=cfg.g_norm,
-                              upsample=cfg.g_upsample, output=cfg.g_output)
+        self._gen_args = {"out_shape": list(info.input_shape), "z_dim": cfg.z_dim,
+                          "num_classes": ncls, "norm": cfg.g_norm, "upsample": cfg.g_upsample,
+                          "channels": gan_widths(h, w, cfg.g_width, cfg.max_width),
+                          "output": cfg.g_output}
         self.G = Generator(**self._gen_args)
         # The EMA generator lives in the state_dict (checkpoints hold it); never optimised.
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)

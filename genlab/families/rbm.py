@@ -34,11 +34,20 @@ Monitors (evaluate / summarize), all about the FIRST layer except `loss` and `re
   ais_log_likelihood (+ _lower: from log Z + 3 sd)
                   annealed importance sampling, `ais_runs` runs over `ais_betas` temperatures, at
                   the end of training and every `ais_every` steps, with its own seeded generator
-Renders: first-layer filters (one tile per hidden unit, its weights on v shaped as the image),
-receptive fields of deeper units (products of weights down to the input, linear, each frame on
-its own scale), reconstructions, model samples (Gibbs at the top of the trained part of the
-stack from random, then a down pass, fixed generator), the PCD chains; histograms of the hidden
-probabilities of every layer.
+Training scalars: `loss` (the CD free-energy difference: its gradient is the update, its value
+is no likelihood; the reconstruction BCE while fine-tuning), `recon_error` of the active layer,
+`phase` (the active layer; L while fine-tuning).
+
+Renders: `filters`, the first layer (one tile per hidden unit, its weights on v shaped as the
+image; after fine-tuning the fine-tuned encoder's). Contrast: one scale for all tiles of a frame,
+3 x the RMS of the weights shown (`filter_scale: null`): the init noise is visible at step 0 and a
+few strong units saturate instead of greying the rest; the weights' growth over time is in the
+`weights/*` histograms. A number for `filter_scale` fixes the scale across frames instead (step 0
+is then a flat grey). `receptive_fields_layer<l>`: deeper units as W_l ... W_1 W_0 (linear, the
+sigmoids ignored), same contrast rule. `reconstructions`, `samples` (Gibbs at the top of the
+trained part of the stack from random, `sample_gibbs_steps` sweeps, fixed generator, then the
+mean-field down pass), `pcd_chains` (the first layer's fantasy particles). Histograms:
+`hidden_probs_layer<l>`. Renders and monitors never touch the global RNG.
 """
 from __future__ import annotations
 
