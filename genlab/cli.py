@@ -43,7 +43,11 @@ def cli():
               help="Override train.device. auto picks cuda, then mps, then cpu. Example: --device cpu")
 @click.option("--tag", default=None, help="Suffix for the run folder name. Example: --tag lr3e-4")
 @click.option("--quiet", is_flag=True, help="Print only errors and the final line.")
-def train(recipe, overrides, resume, out, device, tag, quiet):
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine: launches `torchrun --standalone "
+                   "--nproc_per_node N -m genlab train ...` (one per GPU on CUDA, gloo on CPU). "
+                   "train.batch_size stays the global batch. Example: --nproc 2")
+def train(recipe, overrides, resume, out, device, tag, quiet, nproc):
     """Train the model a RECIPE describes (or --resume a run).
 
     \b
@@ -51,9 +55,27 @@ def train(recipe, overrides, resume, out, device, tag, quiet):
       genlab train recipes/dae_brain.yaml
       genlab train recipes/dae_brain.yaml --set train.steps=200 --set train.batch_size=32
       genlab train --resume runs/dae_brain/20260101-120000
+      genlab train recipes/dae_brain.yaml --nproc 2
+      torchrun --nproc_per_node 8 -m genlab train recipes/dae_brain.yaml   # the same, by hand
     """
     from genlab.recipe import load_recipe
     from genlab.trainer import Trainer
+
+    if nproc > 1:
+        from genlab.distributed import Dist
+        from genlab.launch import launch_torchrun
+
+        # Check the recipe here, once, before N processes start (same errors, no launcher noise).
+        path = (resume / "recipe.yaml") if resume is not None else recipe
+        if path is not None and Path(path).is_file():
+            Dist(world_size=nproc).per_rank_batch(load_recipe(path, list(overrides)).train.batch_size)
+
+        args = ([str(recipe)] if recipe is not None else []) + [f"--set={o}" for o in overrides]
+        args += (["--resume", str(resume)] if resume is not None else []) + ["--out", str(out)]
+        args += (["--device", device] if device else []) + (["--tag", tag] if tag else [])
+        args += ["--quiet"] if quiet else []
+        launch_torchrun(nproc, ["train", *args])
+        return
 
     if resume is not None:
         if recipe is not None:
@@ -69,7 +91,7 @@ def train(recipe, overrides, resume, out, device, tag, quiet):
                               "see `genlab list` for the shipped recipes")
         rec = load_recipe(recipe, list(overrides))
         trainer = Trainer(rec, out_root=out, device=device, tag=tag, quiet=quiet)
-    if not quiet:
+    if not trainer.quiet:
         click.echo(f"run folder: {trainer.run_dir}")
         click.echo(f"watch it:   tensorboard --logdir {trainer.run_dir.parent}")
     trainer.run()

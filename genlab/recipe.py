@@ -44,6 +44,10 @@ class TrainConfig:
     grad_clip: float | None = param(1.0, gt=0, help="clip the global gradient norm to this (null: off)")
     precision: Literal["fp32", "bf16", "fp16"] = param("fp32", help="fp32; bf16 autocast; fp16 autocast with a grad scaler")
     device: Literal["auto", "cpu", "cuda", "mps"] = param("auto", help="auto: cuda, then mps, then cpu")
+    compile: bool = param(False, help="torch.compile each submodule in place (falls back to eager "
+                          "with a warning where it cannot compile)")
+    channels_last: bool = param(False, help="CUDA: keep conv weights/activations in channels-last "
+                                "(NHWC) layout, faster for bf16/fp16 convs on tensor cores")
     eval_batches: int | None = param(8, ge=1, help="validation batches per evaluation (null: whole split)")
     eval_batch_size: int | None = param(None, ge=1, help="batch size for evaluation (null: batch_size)")
     final_eval_full: bool = param(True, help="evaluate the whole val and test splits at the end")

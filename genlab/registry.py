@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 
-from genlab.errors import RecipeError
+from genlab.errors import GenlabError, RecipeError
 
 FAMILIES: dict[str, type] = {}
 DATASETS: dict[str, type] = {}
@@ -43,6 +44,13 @@ def register_dataset(name: str):
     return deco
 
 
+def plugin_modules() -> list[str]:
+    """Extra modules that register families or data sources, named in $GENLAB_PLUGINS
+    (comma-separated import paths, e.g. GENLAB_PLUGINS=mylab.families), so a user's own family
+    trains with `genlab train` without editing genlab."""
+    return [m.strip() for m in os.environ.get("GENLAB_PLUGINS", "").split(",") if m.strip()]
+
+
 def load_all() -> None:
     for mod in _MODULES:
         try:
@@ -50,6 +58,11 @@ def load_all() -> None:
         except ModuleNotFoundError as e:  # a module still being written must not break the rest
             if e.name != mod:
                 raise
+    for mod in plugin_modules():
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise GenlabError(f"GENLAB_PLUGINS: cannot import {mod!r} ({e})") from None
 
 
 def _lookup(table: dict[str, type], kind: str, key: str, name: str) -> type:

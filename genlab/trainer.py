@@ -7,6 +7,7 @@ the encoder export. A family only builds its optimizers and takes one step (see 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import sys
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from genlab import checkpoint as ckpt
-from genlab.data.sampler import IndexSampler, eval_batches
+from genlab.data.sampler import IndexSampler, derive_seed, eval_batches
+from genlab.distributed import BATCH_NORMS, Dist, rank_local_buffers, warn_world_change
 from genlab.errors import GenlabError, NonFiniteLossError
 from genlab.export import save_encoder
 from genlab.optim import build_scheduler
@@ -80,6 +82,8 @@ class _StepContext:
         opt, scaler = self.t.optimizers[name], self.t.scalers[name]
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        # Data parallel: every rank applies the same, rank-averaged gradient (no-op for one process).
+        self.t.dist.average_gradients([p for g in opt.param_groups for p in g["params"]])
         clip = self.t.recipe.train.grad_clip
         if clip:
             scaler.unscale_(opt)
@@ -100,10 +104,13 @@ class Trainer:
     def __init__(self, recipe: Recipe, *, out_root: Path = Path("runs"), device: str | None = None,
                  resume_dir: Path | None = None, tag: str | None = None, progress: bool | None = None,
                  quiet: bool = False):
-        self.recipe, self.quiet = recipe, quiet
+        self.recipe = recipe
         tc = recipe.train
+        # torchrun's processes join one group here; a single process gets a no-op Dist.
+        self.dist = Dist.from_env(device or tc.device)
+        self.quiet = quiet or not self.dist.is_main  # only rank 0 talks, logs and writes
         seed_everything(recipe.seed)
-        self.device = select_device(device or tc.device)
+        self.device = self.dist.device(select_device(device or tc.device))
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         if tc.precision == "fp16" and self.device.type == "cpu":
@@ -114,7 +121,12 @@ class Trainer:
         self.data = data_cls(recipe.data, recipe.seed, self.device)
         family_cls = get_family(recipe.family)
         self.model = family_cls(recipe.model, self.data.info).to(self.device)
-        self.optimizers = self.model.configure_optimizers(tc)
+        if tc.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # The family sees the per-rank batch (what one process puts through its nets per step);
+        # the recipe's train.batch_size is the global batch.
+        self.rank_batch = self.dist.per_rank_batch(tc.batch_size)
+        self.optimizers = self.model.configure_optimizers(dataclasses.replace(tc, batch_size=self.rank_batch))
         self.schedulers = {k: build_scheduler(o, tc) for k, o in self.optimizers.items()}
         self.scalers = {k: torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
                         for k in self.optimizers}
@@ -122,7 +134,15 @@ class Trainer:
         if n_train < tc.batch_size:
             raise GenlabError(f"train.batch_size: {tc.batch_size} is larger than the training split "
                               f"({n_train} examples)")
-        self.sampler = IndexSampler(n_train, tc.batch_size, recipe.seed)
+        self.sampler = IndexSampler(n_train, self.rank_batch, recipe.seed,
+                                    rank=self.dist.rank, world_size=self.dist.world_size)
+        if self.dist.enabled:
+            # Same init everywhere (seeded alike, and made sure of), then each rank its own random
+            # stream for what is rank-local by design: corruption noise, Gibbs chains, exploration.
+            self.dist.broadcast_module(self.model)
+            seed_everything(derive_seed(recipe.seed, "rank", self.dist.rank))
+        if tc.compile:
+            self._compile()
         self.ctx = _StepContext(self)
         self.step = 0
         self.history: dict[str, list[list[float]]] = {}
@@ -134,14 +154,34 @@ class Trainer:
             self.run_dir = Path(resume_dir)
             self._restore()
         else:
-            self.run_dir = new_run_dir(out_root, recipe.name, tag)
-            save_recipe(recipe, self.run_dir / "recipe.yaml")
+            run_dir = None
+            if self.dist.is_main:
+                run_dir = new_run_dir(out_root, recipe.name, tag)
+                save_recipe(recipe, run_dir / "recipe.yaml")
+            self.run_dir = Path(self.dist.broadcast_object(str(run_dir) if run_dir else None))
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.figures = self.run_dir / "figures"
-        self.tracker = Tracker(self.run_dir)
+        self.tracker = Tracker(self.run_dir, enabled=self.dist.is_main)
         if progress is None:
-            progress = sys.stderr.isatty() and not quiet
-        self.progress = progress
+            progress = sys.stderr.isatty() and not self.quiet
+        self.progress = progress and self.dist.is_main
+
+    def _compile(self) -> None:
+        """torch.compile each top-level submodule in place (state_dict keys unchanged); where
+        compilation fails (no compiler toolchain, an unsupported op), warn and run eagerly."""
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True  # a graph that cannot compile runs eagerly
+        try:
+            probe = torch.compile(lambda t: t * 2 + 1)
+            probe(torch.ones(2, device=self.device))
+        except Exception as e:  # noqa: BLE001 - any failure means: fall back, and say why
+            self._say(f"warning: train.compile=true but torch.compile does not work here "
+                      f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); training eagerly")
+            return
+        for child in self.model.children():
+            if any(True for _ in child.parameters()):
+                child.compile()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -149,6 +189,9 @@ class Trainer:
             print(msg, flush=True)
 
     def _to_device(self, batch: dict) -> dict:
+        if self.device.type == "cuda":  # page-locked host memory: the copy can overlap compute
+            return {k: (v.pin_memory() if v.device.type == "cpu" else v).to(self.device, non_blocking=True)
+                    for k, v in batch.items()}
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _batch(self, split: str, idx: torch.Tensor) -> dict:
@@ -173,15 +216,33 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
+        """Rank 0 writes; under DDP every rank must call this (it gathers rank-local state)."""
         path = ckpt.step_path(self.ckpt_dir, self.step)
-        ckpt.atomic_save(self._state(), path)
-        ckpt.prune(self.ckpt_dir, self.recipe.log.keep_checkpoints)
+        if self.dist.enabled:
+            self.dist.broadcast_module(self.model, BATCH_NORMS)
+            local = {"rng": ckpt.rng_state(), "buffers": rank_local_buffers(self.model)}
+            ranks = self.dist.gather_objects(local)
+        if self.dist.is_main:
+            state = self._state()
+            if self.dist.enabled:
+                state["world_size"], state["ranks"] = self.dist.world_size, ranks
+            ckpt.atomic_save(state, path)
+            ckpt.prune(self.ckpt_dir, self.recipe.log.keep_checkpoints)
         return path
 
     def _restore(self) -> None:
-        for stale in (self.run_dir / "checkpoints").glob(".*.tmp"):  # a write cut short by a kill
-            stale.unlink(missing_ok=True)
-        state, path = ckpt.load_latest(self.run_dir / "checkpoints", map_location=self.device)
+        state = path = None
+        if self.dist.is_main:  # rank 0 reads and sends: no shared filesystem needed across nodes
+            for stale in (self.run_dir / "checkpoints").glob(".*.tmp"):  # a write cut short by a kill
+                stale.unlink(missing_ok=True)
+            try:
+                state, path = ckpt.load_latest(self.run_dir / "checkpoints", map_location="cpu")
+            except GenlabError as e:
+                state, path = e, None
+        if self.dist.enabled:
+            state, path = self.dist.broadcast_object((state, path))
+        if isinstance(state, Exception):
+            raise state
         self.model.load_state_dict(state["model"])
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
@@ -191,6 +252,18 @@ class Trainer:
             s.load_state_dict(state["scalers"][k])
         self.sampler.load_state_dict(state["sampler"])
         ckpt.set_rng_state(state["rng"])
+        saved_world = state.get("world_size", 1)
+        if self.dist.enabled or saved_world > 1:
+            ranks = state.get("ranks") or [{"rng": state["rng"]}]
+            if self.dist.rank < len(ranks):  # this rank's own stream, replay buffer, chains
+                mine = ranks[self.dist.rank]
+                ckpt.set_rng_state(mine["rng"])
+                if "buffers" in mine:
+                    self.model.load_state_dict(mine["buffers"], strict=False)
+            else:
+                seed_everything(derive_seed(self.recipe.seed, "rank", self.dist.rank, state["step"]))
+            if saved_world != self.dist.world_size and self.dist.is_main:
+                warn_world_change(saved_world, self.dist.world_size)
         self.step, self.history, self.best = state["step"], state["history"], state["best"]
         self.evals_since_best = state.get("evals_since_best", 0)
         self._say(f"resumed from {path} at step {self.step}")
@@ -204,16 +277,22 @@ class Trainer:
         Outputs with a batch dimension (e.g. probabilities and labels) are concatenated and
         handed to the family's optional `summarize(collected) -> dict[str, float]`, for metrics
         that need the whole split at once (ROC AUC, Frechet distance).
+
+        Under DDP each rank evaluates its contiguous block of the same examples; sums, counts and
+        the collected outputs are gathered so that every rank returns the same numbers as one
+        process would (and so takes the same early-stopping and best-checkpoint decisions).
         """
         tc = self.recipe.train
         bs = tc.eval_batch_size or tc.batch_size
         sums: dict[str, torch.Tensor] = {}
         collected: dict[str, list[torch.Tensor]] = {}
         count = 0
+        self.dist.broadcast_module(self.model, BATCH_NORMS)
         self.model.eval()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             limit = None if max_batches is None else max_batches * bs
-            for idx in eval_batches(self.data.size(split), bs, limit=limit):
+            for idx in eval_batches(self.data.size(split), bs, limit=limit,
+                                    rank=self.dist.rank, world_size=self.dist.world_size):
                 out = self.model.evaluate(self._batch(split, idx))
                 n = len(idx)
                 for k, v in out.items():  # tensors or floats
@@ -223,11 +302,28 @@ class Trainer:
                     else:
                         collected.setdefault(k, []).append(v)
                 count += n
+            if self.dist.enabled:
+                sums, collected, count = self._gather_eval(sums, collected, count)
             metrics = {k: (v / max(count, 1)).item() for k, v in sums.items()}
             if collected and hasattr(self.model, "summarize"):
                 metrics.update(self.model.summarize({k: torch.cat(v) for k, v in collected.items()}))
         self.model.train()
         return metrics
+
+    def _gather_eval(self, sums: dict, collected: dict, count: int) -> tuple[dict, dict, int]:
+        """Every rank's evaluation sums added, its collected outputs concatenated in rank order
+        (= example order: the ranks hold consecutive blocks)."""
+        mine = ({k: float(v) for k, v in sums.items()},
+                {k: torch.cat(v).cpu() for k, v in collected.items()}, count)
+        parts = self.dist.all_gather_objects(mine)
+        total = {}
+        for s, _, _ in parts:
+            for k, v in s.items():
+                total[k] = total.get(k, 0.0) + v
+        keys = [k for _, c, _ in parts for k in c]
+        coll = {k: [c[k].to(self.device) for _, c, _ in parts if k in c] for k in dict.fromkeys(keys)}
+        return ({k: torch.tensor(v, dtype=torch.float64) for k, v in total.items()}, coll,
+                sum(n for _, _, n in parts))
 
     def _render_batch(self) -> dict:
         n = min(self.recipe.log.render_examples, self.data.size("val"))
@@ -244,6 +340,8 @@ class Trainer:
     def render(self) -> None:
         from genlab.render import save_png
 
+        if not self.dist.is_main:
+            return
         self.model.eval()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             batch = self._render_batch()
@@ -264,6 +362,11 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def _check_finite(self, first_bad: torch.Tensor) -> None:
+        if self.dist.enabled:  # the earliest bad step of any rank stops every rank alike
+            never = torch.iinfo(torch.long).max
+            flag = torch.where(first_bad < 0, torch.full_like(first_bad, never), first_bad).clone()
+            flag = self.dist.min_(flag)
+            first_bad = torch.where(flag == never, torch.full_like(flag, -1), flag)
         bad = int(first_bad.item())
         if bad >= 0:
             good = ckpt.list_step_checkpoints(self.ckpt_dir)
@@ -316,7 +419,7 @@ class Trainer:
                 last = self.step == tc.steps
                 if self.step % lc.every == 0 or last:
                     self._check_finite(first_bad)
-                    means = {k: (v.float() / n_acc).item() for k, v in sums.items()}
+                    means = self._mean_over_ranks({k: v.float() / n_acc for k, v in sums.items()})
                     sps = samples / max(time.perf_counter() - t_last - t_extra, 1e-9)
                     self._log_train(means, sps, bar)
                     sums, n_acc, samples = {}, 0, 0
@@ -345,6 +448,11 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.tracker.close()
+            if self.dist.enabled:  # the other ranks may be anywhere: no collective, no new save
+                good = ckpt.list_step_checkpoints(self.ckpt_dir)
+                kept = f"the newest checkpoint is {good[0]}" if good else "no checkpoint was written"
+                raise GenlabError(f"interrupted near step {self.step}; {kept}; continue with the same "
+                                  f"launch and `--resume {self.run_dir}`") from None
             if mid_step:
                 good = ckpt.list_step_checkpoints(self.ckpt_dir)
                 kept = f"the newest checkpoint is {good[0]}" if good else "no checkpoint was written"
@@ -358,6 +466,14 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return self.finish()
+
+    def _mean_over_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        if not values:
+            return {}
+        keys = list(values)  # the same insertion order on every rank
+        stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+        stacked = self.dist.sum_(stacked) / self.dist.world_size
+        return dict(zip(keys, stacked.tolist()))
 
     def _log_train(self, means: dict[str, float], sps: float, bar) -> None:
         self.tracker.scalars(means, self.step, "train/")
@@ -388,6 +504,7 @@ class Trainer:
             self.evals_since_best = 0 if better else self.evals_since_best + 1
             if better:
                 self.best = value
+            if better and self.dist.is_main:
                 ckpt.atomic_save({"format": "genlab-best", "step": self.step, "monitor": name,
                                   "value": value, "model": self.model.state_dict()},
                                  self.ckpt_dir / "best.pt")
@@ -403,11 +520,15 @@ class Trainer:
         result = {
             "recipe": self.recipe.name, "family": self.recipe.family, "data": self.recipe.data_name,
             "seed": self.recipe.seed, "steps": self.step, "device": str(self.device),
-            "stopped_early": self.stopped_early,
+            "world_size": self.dist.world_size, "stopped_early": self.stopped_early,
             "val": final_val, "test": final_test,
             "best": {"monitor": self.model.monitor[0], "value": self.best},
             "train": {k: v[-1][1] for k, v in self.history.items() if k.startswith("train/")},
         }
+        if not self.dist.is_main:
+            self.dist.barrier()  # wait for rank 0's files, then leave the group together
+            self.dist.close()
+            return result
         export = self.export()
         if export is not None:
             result["export"] = str(export)
@@ -419,6 +540,8 @@ class Trainer:
         self.tracker.close()
         self._say("test  " + "  ".join(f"{k} {v:.4g}" for k, v in final_test.items()))
         self._say(f"run written to {self.run_dir}")
+        self.dist.barrier()
+        self.dist.close()
         return result
 
     def export(self) -> Path | None:

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab import distributed
 from genlab.data.base import DataInfo
 from genlab.data.sampler import derive_seed
 from genlab.envs.batched import BatchedMaze
@@ -426,7 +427,11 @@ class DQN(Family):
         self.target = copy.deepcopy(self.q).requires_grad_(False)
         grid = tuple(info.input_shape[1:])
         self.replay = Replay(cfg.buffer_size, grid, cfg.num_envs, cfg.n_step, cfg.gamma)
-        seeds = torch.tensor([derive_seed(self.task.seed, "dqn-train-env", i) for i in range(cfg.num_envs)])
+        # Under DDP each rank plays its own environments: rank r owns env numbers r*n .. r*n+n-1.
+        rank, _ = distributed.current()
+        first = rank * cfg.num_envs
+        seeds = torch.tensor([derive_seed(self.task.seed, "dqn-train-env", i)
+                              for i in range(first, first + cfg.num_envs)])
         pool = self.task.train_pool()
         self.envs = EnvState(lambda dev: BatchedMaze(cfg.num_envs, self.task.config, dev, layouts=pool,
                                                      order="hash", obs_dtype=torch.uint8), seeds)

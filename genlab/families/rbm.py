@@ -58,6 +58,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from genlab import distributed
 from genlab.data.base import DataInfo
 from genlab.families.base import EncoderSpec, Family, StepContext
 from genlab.nn.dbn import DBNStack
@@ -252,7 +253,7 @@ class RBMFamily(Family):
                 v = torch.bernoulli(v)
             v = self.stack.up(v, upto=p)  # (B, sizes[p]) probabilities of the layers below
             if not self.bias_done[p] and cfg.init_visible_bias:
-                rbm.init_visible_bias(v)
+                rbm.init_visible_bias(distributed.all_gather_cat(v))  # DDP: the global batch
             self.bias_done[p] = True
             v_neg = rbm.negative_phase(v, cfg.k, cfg.persistent)
             recon = rbm.reconstruction_error(v)

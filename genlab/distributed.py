@@ -1,0 +1,215 @@
+"""Data-parallel training on torch.distributed, as launched by torchrun.
+
+`torchrun --nproc_per_node=N -m genlab train RECIPE` (or `genlab train RECIPE --nproc N`) starts N
+processes that each run the same trainer. torchrun sets RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR / MASTER_PORT; `Dist.from_env` joins the process group from them (NCCL on CUDA, gloo
+on CPU). Without those variables everything here is a no-op and the trainer runs as one process.
+
+How the work is split (the global batch stays what the recipe says):
+  - every rank takes `train.batch_size / world_size` examples per step from its strided shard of
+    the same seeded permutation (`IndexSampler`), so the ranks' batches together are exactly the
+    single-process batch of that step;
+  - after every backward, the gradients of the optimizer being stepped are averaged over the
+    ranks with one `all_reduce` per dtype (a flat bucket), before unscaling, clipping and the
+    step, so every rank applies the same update and the parameters stay equal.
+
+Why an all_reduce in `StepContext.update` and not the `DistributedDataParallel` module wrapper:
+DDP's reducer hooks one backward to one `forward()` of the wrapped module, but a family here runs
+several forward/backward passes per step through its own submodules (the GAN's D and G steps,
+the DQN's online and target nets, an RBM's free-energy difference, a DBN's active layer). DDP's
+documented contract does not cover that without private reducer calls; the collective it would
+issue is the same averaging all_reduce that this module issues, minus the overlap of
+communication with the backward pass.
+
+Also here: batch-norm buffers are broadcast from rank 0 before evaluation and checkpoints (what
+DDP's `broadcast_buffers` gives); evaluation metrics are reduced over ranks; rank-local state
+(RNG streams, replay buffers, PCD chains) is gathered into rank 0's checkpoint and handed back
+to each rank on resume.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from genlab.errors import GenlabError
+
+#: How long a collective may wait for a missing rank before the job fails instead of hanging.
+TIMEOUT_S = int(os.environ.get("GENLAB_DIST_TIMEOUT_S", "600"))
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) outside torchrun."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def current() -> tuple[int, int]:
+    """(rank, world_size) of the running process group, (0, 1) when there is none.
+
+    Families that own rank-local state (e.g. the DQN's environments) ask this to pick their seeds.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's `t` (same shape on all ranks) concatenated along dim 0, in rank order; `t`
+    itself for one process. For data-dependent initialisations that must see the global batch."""
+    rank, world = current()
+    if world == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device_name: str) -> "Dist":
+        """Join (or reuse) the process group torchrun describes; a no-op for one process."""
+        rank, world, local = env_world()
+        if world <= 1:
+            return cls()
+        if not dist.is_available():
+            raise GenlabError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        if dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), local, owns_group=False)
+        use_cuda = device_name in ("cuda", "auto") and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local)
+        backend = "nccl" if use_cuda else "gloo"
+        kwargs = {"device_id": torch.device("cuda", local)} if use_cuda else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S), **kwargs)
+        return cls(rank, world, local, owns_group=True)
+
+    def device(self, device: torch.device) -> torch.device:
+        """The rank's own GPU on CUDA (cuda:LOCAL_RANK); CPU and MPS unchanged."""
+        if self.enabled and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def per_rank_batch(self, global_batch: int, key: str = "train.batch_size") -> int:
+        if global_batch % self.world_size:
+            raise GenlabError(f"{key}: {global_batch} is the global batch and must divide evenly "
+                              f"over {self.world_size} processes (e.g. "
+                              f"{global_batch // self.world_size * self.world_size or self.world_size})")
+        return global_batch // self.world_size
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+    # -- collectives (all no-ops for one process) ------------------------------------------------
+    def average_gradients(self, params: list[nn.Parameter]) -> None:
+        """Average .grad over ranks in place: one flat all_reduce per (device, dtype)."""
+        if not self.enabled:
+            return
+        groups: dict[tuple, list[torch.Tensor]] = {}
+        for p in params:
+            if p.grad is not None:
+                groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        for grads in groups.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            offset = 0
+            for g in grads:
+                n = g.numel()
+                g.copy_(flat[offset:offset + n].view_as(g))
+                offset += n
+
+    def broadcast_module(self, module: nn.Module, buffers_only_of: tuple[type, ...] | None = None) -> None:
+        """Copy rank 0's parameters and buffers (or only the buffers of `buffers_only_of` modules,
+        e.g. batch norm) to every rank."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            if buffers_only_of is None:
+                tensors = list(module.parameters()) + list(module.buffers())
+            else:
+                tensors = [b for m in module.modules() if isinstance(m, buffers_only_of)
+                           for b in m.buffers(recurse=False)]
+            for t in tensors:
+                dist.broadcast(t.data, src=0)
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t)
+        return t
+
+    def min_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t
+
+    def all_gather_objects(self, obj):
+        """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] for one process)."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def gather_objects(self, obj):
+        """[obj of every rank] on rank 0, None elsewhere ([obj] for one process)."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast_object(self, obj):
+        """Rank 0's obj on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+def rank_local_buffers(module: nn.Module) -> dict:
+    """The state_dict entries that differ between ranks by design: every buffer and extra state
+    (replay buffers, environment state, PCD chains, counters) except the parameters, which the
+    averaged updates keep equal, and batch-norm statistics, which are kept in step with rank 0."""
+    skip = {name for name, _ in module.named_parameters()}
+    skip |= {f"{mname}.{bname}" if mname else bname
+             for mname, m in module.named_modules() if isinstance(m, BATCH_NORMS)
+             for bname, _ in m.named_buffers(recurse=False)}
+    return {k: (v.detach().cpu() if torch.is_tensor(v) else v)
+            for k, v in module.state_dict().items() if k not in skip}
+
+
+def warn_world_change(saved: int, now: int) -> None:
+    warnings.warn(f"the checkpoint was written by {saved} process(es) and is resumed by {now}: "
+                  f"parameters, optimizer state and the data position carry over exactly; rank-local "
+                  f"state (RNG streams, replay buffers, PCD chains) of ranks >= {min(saved, now)} "
+                  f"starts from rank 0's", RuntimeWarning, stacklevel=2)
