@@ -219,6 +219,31 @@ def test_data_source_contract():
     assert torch.equal(yl["mask"].flatten(1).any(1), yl["y"].bool())
 
 
+def test_downscaled_source_is_the_area_average_of_the_full_images():
+    from genlab.errors import RecipeError
+    from genlab.recipe import from_mapping
+
+    full = BrainData(BrainData.Config(val_size=12), seed=1)
+    half = BrainData(BrainData.Config(val_size=12, size=[64, 48]), seed=1)
+    assert half.info.input_shape == (1, 64, 48)
+    a, b = full.get("val", torch.arange(12)), half.get("val", torch.arange(12))
+    assert b["x"].shape == (12, 1, 64, 48) and b["mask"].shape == (12, 1, 64, 48)
+    assert b["mask"].dtype == torch.bool and torch.equal(a["y"], b["y"])
+    blocks = a["x"].view(12, 1, 64, 2, 48, 2)
+    torch.testing.assert_close(b["x"], blocks.mean((3, 5)))
+    assert torch.equal(b["mask"], a["mask"].view(12, 1, 64, 2, 48, 2).any(5).any(3))
+    assert bool(b["mask"].any())
+    odd = BrainData(BrainData.Config(val_size=2, size=[50, 40]), seed=1).get("val", torch.arange(2))
+    assert odd["x"].shape == (2, 1, 50, 40) and 0 <= float(odd["x"].min()) <= float(odd["x"].max()) <= 1
+    same = BrainData(BrainData.Config(val_size=2, size=[H, W]), seed=1).get("val", torch.arange(2))
+    assert torch.equal(same["x"], a["x"][:2])
+    rec = from_mapping({"family": "ae", "data": {"name": "brain"}}, ["data.size=[32,24]"])
+    assert rec.data.size == [32, 24]
+    for bad in ("[64]", "[0,48]", "[256,192]"):
+        with pytest.raises(RecipeError, match="size"):
+            from_mapping({"family": "ae", "data": {"name": "brain"}}, [f"data.size={bad}"])
+
+
 def test_write_image_folder(tmp_path):
     out = tmp_path / "brains"
     assert write_image_folder(out, n=20, mode="hard", seed=0, split="val", batch=8) == out

@@ -609,6 +609,23 @@ class BrainConfig:
     classes: Literal["syndrome", "lesion"] = param(
         "syndrome", help="labels: syndrome (A, B, C, Z) or lesion (0 healthy, 1 any tumour)"
     )
+    size: list[int] | None = param(
+        None, ge=1, help="[height, width] to downscale every 128 x 96 image to by area "
+        "averaging (the mask: any lesion pixel in the cell), e.g. [64, 48]; null: 128 x 96"
+    )
+
+    def __post_init__(self):
+        if self.size is not None:
+            if len(self.size) != 2 or any(int(s) < 1 for s in self.size):
+                raise ValueError(
+                    f"size: expected [height, width] of positive integers, got {self.size!r}"
+                )
+            h, w = (int(s) for s in self.size)
+            if h > HEIGHT or w > WIDTH:
+                raise ValueError(
+                    f"size: downscaling only, at most [{HEIGHT}, {WIDTH}], got {self.size!r}"
+                )
+            self.size = [h, w]
 
 
 @register_dataset("brain")
@@ -616,7 +633,10 @@ class BrainData:
     """The brain factory as a data source: x (B,1,128,96) in [0,1], y (B,), mask (B,1,128,96).
 
     Sample i of a split is synthesised on demand from (seed, split, i) on `device`; splits use
-    different hash keys, so they are disjoint in practice.
+    different hash keys, so they are disjoint in practice. With `size: [h, w]` the same images
+    are downscaled after synthesis (area averaging; a mask cell is True when any of its pixels
+    is): the shapes above become (B,1,h,w). This differs from the factory's own height/width,
+    which would draw a different slice with the tumours at their 128 x 96 pixel sizes.
     """
 
     Config = BrainConfig
@@ -629,7 +649,7 @@ class BrainData:
         lesion = cfg.classes == "lesion"
         self.info = DataInfo(
             name="brain",
-            input_shape=(1, HEIGHT, WIDTH),
+            input_shape=(1, *(cfg.size or (HEIGHT, WIDTH))),
             num_classes=2 if lesion else len(SYNDROMES),
             class_names=LESION_CLASSES if lesion else SYNDROMES,
             has_mask=True,
@@ -650,6 +670,10 @@ class BrainData:
                 f"[{int(idx.min())}, {int(idx.max())}]"
             )
         out = self.factory.generate(split, idx)
+        if self.cfg.size is not None and tuple(self.cfg.size) != (HEIGHT, WIDTH):
+            size = tuple(self.cfg.size)
+            out["x"] = F.interpolate(out["x"], size=size, mode="area")
+            out["mask"] = F.adaptive_max_pool2d(out["mask"].float(), size) > 0
         if self.cfg.classes == "lesion":
             out["y"] = (out["y"] != SYNDROMES.index("Z")).long()
         return out
