@@ -3,6 +3,8 @@ turn, kill-and-resume keeps the PCD chains and continues identically, the export
 the monitors and renders are there (the maths itself is tested in test_rbm.py)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -87,7 +89,9 @@ def test_kill_and_resume_keeps_pcd_chains_and_continues_identically(runs, family
 
 @pytest.mark.parametrize("family, model", [
     ("rbm", {"visible": "gaussian", "learn_sigma": True, "sigma": 0.5}),
+    ("rbm", {"visible": "gaussian", "center": True, "sigma": 0.5}),
     ("dbn", {"finetune_steps": 3}),
+    ("dbn", {"visible": "gaussian", "center": True, "sigma": 0.5, "finetune_steps": 3}),
 ])
 def test_export_reloads_and_equals_encode(runs, family, model):
     t = Trainer(recipe(family, 9, model, train={"lr": 0.01}), out_root=runs, quiet=True)
@@ -148,3 +152,42 @@ def test_pll_is_sklearns_score_samples_averaged_over_units_on_grey_data(runs):
         per_unit.append(-64 * np.logaddexp(0, -(sk._free_energy(xf) - fe)))
     expected = float(np.mean(per_unit))
     assert abs(float(t.model.evaluate(batch)["pll"]) - expected) < 1e-4 * abs(expected)
+
+
+def test_centred_gaussian_units_take_raw_images_everywhere(runs):
+    """`center`: the stack sees v - (mean of the first batch); encode, reconstruct, the unrolled
+    autoencoder and the samples work on raw images (the offset is folded back in)."""
+    with pytest.raises(Exception, match="center"):
+        recipe("rbm", 3, {"center": True})  # Bernoulli units: refused
+    model = {"visible": "gaussian", "center": True, "sigma": 0.5, "steps_per_layer": [4, 3],
+             "finetune_steps": 2, "finetune_lr": 1e-12}
+    t = Trainer(recipe("dbn", 9, model, train={"lr": 0.01}), out_root=runs, quiet=True)
+    m = t.model
+    first = t._batch("train", copy.deepcopy(t.sampler).next_batch())["x"]
+    t.run(stop_at=1)
+    off = m.v_offset.clone()
+    torch.testing.assert_close(off, first.flatten(1).mean(0))
+    x = t._batch("val", torch.arange(16))["x"]
+    v = x.flatten(1)
+    h = m.stack.up(v - off)
+    torch.testing.assert_close(m.encode(x), h)  # folded bias == explicit centring
+    t.run(stop_at=7)  # the greedy phases are over
+    before = m.reconstruct(v)
+    t.run(stop_at=8)  # unroll (the offset goes into the biases) and one ~zero Adam step
+    assert bool(m.finetuned)
+    torch.testing.assert_close(m.reconstruct(v), before, rtol=0, atol=1e-4)
+    t.run()
+    assert torch.equal(m.v_offset, off), "the offset is fixed after the first batch"
+    s = m.sample(4, torch.Generator().manual_seed(0))
+    assert s.shape == (4, 1, 8, 8) and abs(float(s.mean()) - float(off.mean())) < 0.5
+
+
+def test_layer_lr_gives_each_layer_its_own_learning_rate(runs):
+    t = Trainer(recipe("dbn", 4, {"layer_lr": [1e-4, 0.02]}), out_root=runs, quiet=True)
+    assert [g["lr"] for g in t.optimizers["layer0"].param_groups] == [1e-4, 1e-4]
+    assert [g["lr"] for g in t.optimizers["layer1"].param_groups] == [0.02, 0.02]
+    t2 = Trainer(recipe("dbn", 4), out_root=runs, quiet=True)  # default: train.lr everywhere
+    assert {g["lr"] for o in t2.optimizers.values() if o is not t2.optimizers.get("finetune")
+            for g in o.param_groups} == {SGD["lr"]}
+    with pytest.raises(Exception, match="layer_lr"):
+        recipe("dbn", 4, {"layer_lr": [1e-3]})

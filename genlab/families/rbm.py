@@ -11,12 +11,19 @@ detached) has the CD gradient, so the trainer's `ctx.update` applies it with any
 `momentum_switch` steps of each layer's phase, then `train.momentum` (set on the optimizer's param
 groups before each step). `train.weight_decay` is an L2 penalty on the weights W only, never on
 biases or sigma. The lr schedule runs on the global step: use `schedule: constant` for a DBN.
+A DBN's `layer_lr` gives each layer its own learning rate (else `train.lr` for all).
 Sampling (Gibbs chains, PCD chains in the `chains` buffers) uses the global torch RNG, which the
 trainer checkpoints, so kill-and-resume continues identically.
 
 Visible units. Bernoulli units see the [0, 1] pixel values as probabilities (common practice,
 Hinton's guide section 3); `sample_visible: true` feeds a fresh Bernoulli sample of them instead.
-Gaussian units (grey images) have a fixed or learned sigma per pixel.
+Gaussian units (grey images) have a fixed or learned sigma per pixel. Their hidden units see
+W (v / sigma), so uncentred images (every brain slice is mostly the same bright head) drive them
+into saturation: each unit ends up on, or off, for every image and carries no information.
+`center: true` (Gaussian only) subtracts a fixed offset, the mean image of the first training
+batch, from v before the stack (data centring, in the spirit of Montavon & Mueller's 2012
+centring trick; b_v learns what the offset misses); renders, samples and reconstructions add it back, and the exported encoder and the
+unrolled autoencoder fold it into their biases, so they take raw images.
 
 Phases. Layer l trains for `steps_per_layer[l]` steps, then `finetune_steps` of fine-tuning; the
 phase lengths are scaled to add up to `train.steps` (used as they are when they already do), each
@@ -85,6 +92,8 @@ class _CDConfig:
     init_std: float = param(0.01, gt=0, help="std of the initial weights N(0, init_std^2)")
     init_visible_bias: bool = param(True, help="start visible biases at log(p/(1-p)) of the "
                                     "first batch (gaussian: its mean)")
+    center: bool = param(False, help="gaussian: subtract the first training batch's mean image "
+                         "from the visible units (folded into the exported biases)")
     momentum_initial: float = param(0.5, ge=0, lt=1, help="sgd: momentum for the first "
                                     "momentum_switch steps of each layer, then train.momentum")
     momentum_switch: int = param(100, ge=0, help="sgd: steps of momentum_initial per layer")
@@ -104,6 +113,10 @@ class _CDConfig:
     filter_scale: float | None = param(None, gt=0, help="filter render contrast: weight +-scale is "
                                        "white/black in every frame (null: 3 x RMS of each frame's W)")
     render_units: int = param(100, ge=1, help="hidden units shown in the filter renders")
+
+    def __post_init__(self):
+        if self.center and self.visible != "gaussian":
+            raise ValueError("center: only for visible: gaussian (Bernoulli units need v in [0, 1])")
 
 
 @dataclass
@@ -125,13 +138,20 @@ class DBNConfig(_CDConfig):
                                        "scaled to train.steps (empty: an equal share)")
     finetune_steps: int = param(0, ge=0, help="steps fine-tuning the unrolled autoencoder last")
     finetune_lr: float = param(1e-3, gt=0, help="Adam learning rate of the fine-tuning phase")
+    layer_lr: list[float] = param(default_factory=list, gt=0, help="learning rate of each layer, "
+                                  "bottom to top (empty: train.lr for all); a Gaussian bottom "
+                                  "wants ~10-100x less than the Bernoulli layers above it")
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.layers:
             raise ValueError("layers: a DBN needs at least one hidden layer")
         if self.steps_per_layer and len(self.steps_per_layer) != len(self.layers):
             raise ValueError(f"steps_per_layer: expected {len(self.layers)} numbers (one per "
                              f"layer), got {len(self.steps_per_layer)}")
+        if self.layer_lr and len(self.layer_lr) != len(self.layers):
+            raise ValueError(f"layer_lr: expected {len(self.layers)} numbers (one per layer), "
+                             f"got {len(self.layer_lr)}")
 
     def hidden_sizes(self) -> list[int]:
         return list(self.layers)
@@ -196,6 +216,7 @@ class RBMFamily(Family):
         self.register_buffer("train_ref", torch.zeros(cfg.gap_examples, n_vis))
         self.register_buffer("train_ref_n", torch.zeros((), dtype=torch.long))
         self.register_buffer("finetuned", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("v_offset", torch.zeros(n_vis))  # `center`: set by the first batch
         self._ends: list[int] | None = None  # phase ends, set by configure_optimizers
         self._total: int | None = None
         self._ais_cache: tuple | None = None
@@ -217,10 +238,11 @@ class RBMFamily(Family):
         self._ends, self._total = phase_ends(weights, train.steps), train.steps
         self._final_momentum = train.momentum
         opts = {}
+        layer_lr = getattr(self.cfg, "layer_lr", None) or [None] * self.L
         for i, rbm in enumerate(self.stack.layers):
             others = [p for n, p in rbm.named_parameters() if n != "W"]
             groups = [{"params": [rbm.W]}, {"params": others, "weight_decay": 0.0}]
-            opts[f"layer{i}"] = build_optimizer(groups, train)
+            opts[f"layer{i}"] = build_optimizer(groups, train, lr=layer_lr[i])
         if self.autoencoder is not None:
             opts["finetune"] = torch.optim.Adam(self.autoencoder.parameters(), lr=self.cfg.finetune_lr)
         for name, opt in opts.items():
@@ -240,9 +262,17 @@ class RBMFamily(Family):
             self.train_ref[n:n + take.shape[0]] = take
             self.train_ref_n += take.shape[0]
 
+    def _centered(self, v: torch.Tensor) -> torch.Tensor:
+        """Flattened images as the bottom RBM sees them (minus `v_offset` with `center`)."""
+        v = v.flatten(1)
+        return v - self.v_offset if self.cfg.center else v
+
     def training_step(self, batch, ctx: StepContext):
         v = batch["x"].flatten(1)
         self._cache_train(v)
+        if self.cfg.center and int(self.steps_done) == 0:
+            with torch.no_grad():
+                self.v_offset.copy_(distributed.all_gather_cat(v).mean(0))  # DDP: the global batch
         self.steps_done += 1
         p = self.phase(ctx.step)
         if p == self.L:
@@ -251,7 +281,7 @@ class RBMFamily(Family):
         with torch.no_grad():
             if p == 0 and cfg.visible == "bernoulli" and cfg.sample_visible:
                 v = torch.bernoulli(v)
-            v = self.stack.up(v, upto=p)  # (B, sizes[p]) probabilities of the layers below
+            v = self.stack.up(self._centered(v), upto=p)  # (B, sizes[p]): probabilities below
             if not self.bias_done[p] and cfg.init_visible_bias:
                 rbm.init_visible_bias(distributed.all_gather_cat(v))  # DDP: the global batch
             self.bias_done[p] = True
@@ -272,6 +302,10 @@ class RBMFamily(Family):
         if not self.finetuned:  # the first fine-tuning step: unroll the trained stack
             with torch.no_grad():
                 self.autoencoder.load_state_dict(self.stack.to_autoencoder(self.input_shape).state_dict())
+                if self.cfg.center:  # raw images in and out: the offset goes into the biases
+                    lins = [m for m in self.autoencoder.modules() if isinstance(m, torch.nn.Linear)]
+                    lins[0].bias.sub_(lins[0].weight @ self.v_offset)
+                    lins[-1].bias.add_(self.v_offset)  # the Gaussian bottom's output is linear
             self.finetuned.fill_(True)
         with ctx.autocast():
             out = self.autoencoder(v.view(-1, *self.input_shape)).flatten(1).float()
@@ -289,7 +323,11 @@ class RBMFamily(Family):
         if self.autoencoder is not None and bool(self.finetuned):
             lins = [m for m in self.autoencoder.encoder if isinstance(m, torch.nn.Linear)]
             return [(m.weight, m.bias) for m in lins]
-        return [((r.W / r.sigma) if r.visible == "gaussian" else r.W, r.b_h) for r in self.stack.layers]
+        out = [((r.W / r.sigma) if r.visible == "gaussian" else r.W, r.b_h) for r in self.stack.layers]
+        if self.cfg.center:  # sigmoid(W'(v - c) + b) = sigmoid(W'v + (b - W'c))
+            w0, b0 = out[0]
+            out[0] = (w0, b0 - w0 @ self.v_offset)
+        return out
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic features P(h=1|v) of the top layer (means, never samples): (B, out)."""
@@ -318,10 +356,10 @@ class RBMFamily(Family):
         """Mean-field up pass through every layer and down again, (B, V)."""
         if self.autoencoder is not None and bool(self.finetuned):
             return self.autoencoder(x.view(-1, *self.input_shape)).flatten(1)
-        h = self.stack.up(x)
+        h = self.stack.up(self._centered(x))
         for rbm in reversed(self.stack.layers):
             h = rbm.p_v_given_h(h)
-        return h
+        return h + self.v_offset if self.cfg.center else h
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, top: int | None = None) -> torch.Tensor:
@@ -338,6 +376,8 @@ class RBMFamily(Family):
         x = rbm.p_v_given_h(rbm.sample_h(x, generator))
         for layer in reversed(self.stack.layers[:top]):
             x = layer.p_v_given_h(x)
+        if self.cfg.center:  # layer 0's visible units are centred
+            x = x + self.v_offset
         return x.view(n, *self.input_shape)
 
     # -- monitors ----------------------------------------------------------------------------
@@ -352,7 +392,7 @@ class RBMFamily(Family):
         rbm0 = self.stack.layers[0]
         out = {"loss": F.mse_loss(self.reconstruct(v), v)}
         if self.L > 1:
-            h = v
+            h = self._centered(v)
             for i, rbm in enumerate(self.stack.layers):
                 out[f"recon_layer{i}"] = rbm.reconstruction_error(h)
                 h = rbm.p_h_given_v(h)
@@ -360,7 +400,7 @@ class RBMFamily(Family):
             gen = self._eval_generator(batch, v.device) if self.cfg.pll == "stochastic" else None
             out["pll"] = pseudo_log_likelihood(rbm0, v, generator=gen, exact=self.cfg.pll == "exact",
                                                binarize=False).mean()
-        out["free_energy"] = rbm0.double_free_energy(v)  # (B,) float64: for summarize
+        out["free_energy"] = rbm0.double_free_energy(self._centered(v))  # (B,) float64: for summarize
         return out
 
     @torch.no_grad()
@@ -369,7 +409,7 @@ class RBMFamily(Family):
         fe = collected["free_energy"].mean()
         out["free_energy"] = fe.item()
         n = int(self.train_ref_n)
-        ref = self.train_ref[:n]
+        ref = self._centered(self.train_ref[:n])
         if n:
             fe_train = rbm0.double_free_energy(ref).mean()
             out["free_energy_train"] = fe_train.item()
@@ -419,13 +459,15 @@ class RBMFamily(Family):
         gen = torch.Generator(device=x.device).manual_seed(self.cfg.ais_seed)
         out["samples"] = _upscale(image_grid(self.sample(32, gen, top=top).clamp(0, 1), nrow=8), up)
         chains = self.stack.layers[0].chains
+        if chains.shape[0] and self.cfg.center:
+            chains = chains + self.v_offset
         if chains.shape[0]:
             out["pcd_chains"] = _upscale(image_grid(chains[:32].view(-1, *shape).clamp(0, 1), nrow=8), up)
         return out
 
     @torch.no_grad()
     def histograms(self, batch):
-        h, out = batch["x"].flatten(1), {}
+        h, out = self._centered(batch["x"]), {}
         for i, rbm in enumerate(self.stack.layers):
             h = rbm.p_h_given_v(h)
             out[f"hidden_probs_layer{i}"] = h
