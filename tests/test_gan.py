@@ -13,8 +13,15 @@ from conftest import tiny_recipe
 from genlab import gen_metrics, load_encoder
 from genlab.cli import main
 from genlab.errors import RecipeError
-from genlab.families.gan import GAN, ema_beta, gradient_penalty
-from genlab.nn.gan_blocks import DiscTrunk, Generator, gan_depth, gan_widths, load_generator
+from genlab.families.gan import GAN, ema_beta, gradient_penalty, mode_seeking_ratio
+from genlab.nn.gan_blocks import (
+    DiscHead,
+    DiscTrunk,
+    Generator,
+    gan_depth,
+    gan_widths,
+    load_generator,
+)
 from genlab.recipe import from_mapping
 from genlab.trainer import Trainer
 
@@ -43,7 +50,9 @@ def _all_changed(a, b):
 
 @pytest.mark.parametrize("loss", ["ns", "hinge", "wgan-gp"])
 def test_d_step_leaves_g_untouched_and_g_step_leaves_d_untouched(runs, loss):
-    t = _trainer(runs, model={"loss": loss, "spectral_norm": loss == "hinge", "conditional": loss == "ns"})
+    t = _trainer(runs, model={"loss": loss, "spectral_norm": loss == "hinge", "conditional": loss == "ns",
+                              "d_mbstd": 4 if loss == "hinge" else 0,
+                              "g_diversity": 0.2 if loss == "hinge" else 0.0})
     m, batch = t.model, t._batch("train", torch.arange(16))
     g0, e0, d0 = _params(m.G), _params(m.G_ema), _params(m.D)
     m.d_step(batch["x"], batch["y"] if m.conditional else None, t.ctx)
@@ -251,3 +260,34 @@ def test_clamped_output_stays_in_range_and_passes_gradients():
     assert float(x.min()) >= 0 and float(x.max()) <= 1
     x.sum().backward()
     assert g.fc.weight.grad.abs().sum() > 0  # a plain clamp would pass no gradient here
+
+
+def test_minibatch_std_sees_a_collapsed_batch_and_keeps_the_trunk_per_example():
+    gen = torch.Generator().manual_seed(0)
+    varied = torch.randn(8, 5, generator=gen)
+    same = varied[:1].repeat(8, 1)
+    s = DiscHead.minibatch_std(varied, 4)  # groups {0, 2, 4, 6} and {1, 3, 5, 7}
+    want = varied.view(4, 2, 5).std(0, unbiased=False).mean(1)
+    torch.testing.assert_close(s.view(-1), want.repeat(4))
+    assert float(DiscHead.minibatch_std(same, 4).max()) < 1e-3
+    assert DiscHead.minibatch_std(varied[:6], 4).shape == (6, 1)  # group 3: largest divisor <= 4
+    head = DiscHead(5, mbstd=4)
+    assert head(varied).shape == (8,)
+    # the score of one example depends on its group, the head's input size grew by one
+    assert head.out.in_features == 6
+    a, b = head(varied)[0], head(torch.cat([varied[:1], same[1:]]))[0]
+    assert not torch.equal(a, b)
+
+
+def test_mode_seeking_ratio_is_zero_for_a_collapsed_batch_and_matches_by_hand():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 4, generator=gen)
+    x = torch.rand(6, 1, 16, 8, generator=gen, requires_grad=True)
+    p = torch.nn.functional.avg_pool2d(x, 4)
+    want = (p[:3] - p[3:]).abs().mean() / (z[:3] - z[3:]).abs().mean()
+    got = mode_seeking_ratio(x, z)
+    torch.testing.assert_close(got, want + 1e-8)
+    got.backward()
+    assert x.grad.abs().sum() > 0
+    same = torch.rand(1, 1, 16, 8, generator=gen).repeat(6, 1, 1, 1)
+    assert float(mode_seeking_ratio(same, z)) < 1e-6

@@ -4,13 +4,16 @@ One trainer step = `d_steps` discriminator updates on the step's real batch (fre
 then one generator update, then the EMA of the generator's weights. Optimizers "d" and "g" get
 the trainer's precision, clipping, schedules and checkpoints like any other.
 The defaults are the SN-GAN setup that scored best on the brain slices (hinge loss, spectral
-norm in D, resize + 3x3 conv upsampling in G); recipes/gan_digits.yaml is the classic DCGAN.
+norm in D, resize + 3x3 conv upsampling in G); recipes/gan_brain.yaml adds the two anti-collapse
+options below (d_mbstd, g_diversity); recipes/gan_digits.yaml is the classic DCGAN.
 
 Losses (D(x) is a raw score, "logit"):
     ns       D: softplus(-D(x)) + softplus(D(G(z)))        G: softplus(-D(G(z)))  (non-saturating)
     hinge    D: relu(1 - D(x)) + relu(1 + D(G(z)))         G: -D(G(z))
     wgan-gp  D: D(G(z)) - D(x) + gp_weight * GP            G: -D(G(z))
 with GP = E[(|grad_x D(x_hat)|_2 - 1)^2], x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per sample.
+Against mode collapse, optionally: a minibatch-std feature in D's head (`d_mbstd`) and a
+mode-seeking term in G's loss, - g_diversity * log(mean |G(z1) - G(z2)| / mean |z1 - z2|).
 
 Scores (`summarize`, over the evaluated split, from the EMA generator): features come from a
 fixed judge, `fid_extractor` (an exported genlab encoder trained on the same data) or, when
@@ -67,7 +70,12 @@ class GANConfig:
     g_output: Literal["sigmoid", "clamp"] = param("sigmoid", help="generator output: sigmoid, or a "
                                                   "clamp to [0, 1] with a straight-through gradient")
     spectral_norm: bool = param(True, help="spectral normalisation of every discriminator layer")
+    d_mbstd: int = param(0, ge=0, help="minibatch-std feature in D's head: group size (0: off); "
+                         "lets D see a batch's lack of variety, against mode collapse")
     gp_weight: float = param(10.0, ge=0, help="gradient-penalty weight (loss wgan-gp)")
+    g_diversity: float = param(0.0, ge=0, help="mode-seeking term in G's loss (Mao et al. 2019): "
+                               "minus this times log(mean |G(z1) - G(z2)| / mean |z1 - z2|) over "
+                               "pairs of the batch, on 4x4-average-pooled images (0: off)")
     d_steps: int = param(1, ge=1, help="discriminator updates per generator update (per trainer step)")
     lr_d: float | None = param(None, gt=0, help="discriminator learning rate (null: train.lr); TTUR")
     lr_g: float | None = param(None, gt=0, help="generator learning rate (null: train.lr); TTUR")
@@ -99,6 +107,19 @@ def d_loss_fn(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Te
 
 def g_loss_fn(kind: str, d_fake: torch.Tensor) -> torch.Tensor:
     return F.softplus(-d_fake).mean() if kind == "ns" else -d_fake.mean()
+
+
+def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor, pool: int = 4) -> torch.Tensor:
+    """Mode-seeking ratio (Mao et al. 2019) of a generated batch: pair example i of the first
+    half with example i of the second, mean |G(z1) - G(z2)| / mean |z1 - z2|. The images are
+    average-pooled by `pool` first, so the ratio rewards varied content (shape, size, contrast,
+    lesions) rather than per-pixel noise. Differentiable; a collapsed G scores near 0."""
+    h = fake.shape[0] // 2
+    if min(fake.shape[-2:]) >= 2 * pool:
+        fake = F.avg_pool2d(fake, pool)
+    num = (fake[:h] - fake[h:2 * h]).abs().mean()
+    den = (z[:h] - z[h:2 * h]).abs().mean()
+    return num / den.clamp_min(1e-8) + 1e-8
 
 
 def ema_beta(step: int, decay: float) -> float:
@@ -137,7 +158,7 @@ class GAN(Family):
                             "channels": gan_widths(h, w, cfg.d_width, cfg.max_width),
                             "out_features": cfg.features, "spectral_norm": cfg.spectral_norm}
         self.D = Discriminator(info.input_shape, self._trunk_args["channels"], cfg.features, ncls,
-                               cfg.spectral_norm)
+                               cfg.spectral_norm, cfg.d_mbstd)
         self._gen_args = {"out_shape": list(info.input_shape), "z_dim": cfg.z_dim,
                           "num_classes": ncls, "norm": cfg.g_norm, "upsample": cfg.g_upsample,
                           "channels": gan_widths(h, w, cfg.g_width, cfg.max_width),
@@ -201,14 +222,21 @@ class GAN(Family):
         """One generator update through a frozen D, then the EMA update of G_ema."""
         self.D.requires_grad_(False)
         try:
+            z = self._noise(n, ctx.device)
             with ctx.autocast():
-                d_fake = self.D(self.G(self._noise(n, ctx.device), y), y).float()
+                fake = self.G(z, y)
+                d_fake = self.D(fake, y).float()
             loss = g_loss_fn(self.cfg.loss, d_fake)
+            out = {"g_loss": loss.detach()}
+            if self.cfg.g_diversity > 0 and n >= 2:
+                ms = mode_seeking_ratio(fake.float(), z)
+                loss = loss - self.cfg.g_diversity * torch.log(ms)
+                out["g_mode_seeking"] = ms.detach()
             ctx.update("g", loss)
         finally:
             self.D.requires_grad_(True)
         self.update_ema(ctx.step)
-        return {"g_loss": loss.detach()}
+        return out
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:

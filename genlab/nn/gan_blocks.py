@@ -77,18 +77,40 @@ class DiscTrunk(nn.Module):
 
 class DiscHead(nn.Module):
     """Real/fake score from trunk features; with classes, a projection discriminator
-    (Miyato & Koyama 2018): score = linear(h) + <embed(y), h>, h = leaky_relu(features)."""
+    (Miyato & Koyama 2018): score = linear(h) + <embed(y), h>, h = leaky_relu(features).
 
-    def __init__(self, in_features: int, num_classes: int = 0, spectral_norm: bool = False):
+    `mbstd` > 0 adds a minibatch-standard-deviation feature (Karras et al. 2018, ProGAN): the
+    batch is split into groups of `mbstd` examples (the largest divisor of B that is <= mbstd),
+    and each example gets the mean over features of its group's standard deviation as one extra
+    input to the linear layer. A collapsed generator makes that feature small on fake batches,
+    so D can tell and G is pushed to vary. It lives in the head, after the trunk, so the
+    exported trunk stays a per-example function.
+    """
+
+    def __init__(self, in_features: int, num_classes: int = 0, spectral_norm: bool = False,
+                 mbstd: int = 0):
         super().__init__()
         self.act = nn.LeakyReLU(0.2)
-        self.out = _maybe_sn(nn.Linear(in_features, 1), spectral_norm)
+        self.mbstd = mbstd
+        self.out = _maybe_sn(nn.Linear(in_features + (1 if mbstd else 0), 1), spectral_norm)
         self.embed = (_maybe_sn(nn.Embedding(num_classes, in_features), spectral_norm)
                       if num_classes else None)
 
+    @staticmethod
+    def minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
+        """(B, F) -> (B, 1): mean over F of the std over each example's group (biased, + 1e-8)."""
+        b = h.shape[0]
+        g = max(d for d in range(1, min(group, b) + 1) if b % d == 0)
+        if g < 2:
+            return h.new_zeros(b, 1)
+        hg = h.float().view(g, b // g, -1)  # group members are examples i, i + B/g, i + 2B/g, ...
+        s = (hg.var(0, unbiased=False) + 1e-8).sqrt().mean(1)  # (B/g,)
+        return s.repeat(g).view(b, 1).to(h.dtype)
+
     def forward(self, feats: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.act(feats)
-        score = self.out(h).squeeze(1)  # (B,)
+        hin = torch.cat([h, self.minibatch_std(h, self.mbstd)], 1) if self.mbstd else h
+        score = self.out(hin).squeeze(1)  # (B,)
         if self.embed is not None:
             score = score + (self.embed(y) * h).sum(1)
         return score
@@ -96,10 +118,10 @@ class DiscHead(nn.Module):
 
 class Discriminator(nn.Module):
     def __init__(self, in_shape: list[int], channels: list[int], features: int,
-                 num_classes: int = 0, spectral_norm: bool = False):
+                 num_classes: int = 0, spectral_norm: bool = False, mbstd: int = 0):
         super().__init__()
         self.trunk = DiscTrunk(in_shape, channels, features, spectral_norm)
-        self.head = DiscHead(features, num_classes, spectral_norm)
+        self.head = DiscHead(features, num_classes, spectral_norm, mbstd)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.trunk(x), y)  # (B,) raw scores (logits)
