@@ -1,4 +1,5 @@
-"""`genlab eval`, `genlab predict`, `genlab explain`: use a trained classifier run.
+"""`genlab eval`, `genlab predict`, `genlab explain`: use a trained classifier run;
+`genlab probe`: a scikit-learn linear classifier on any run's frozen encoder (genlab/probe.py).
 
 A run is rebuilt from RUN_DIR/recipe.yaml with the weights of checkpoints/best.pt (the lowest
 validation loss) when it exists, else of the newest step checkpoint (`--checkpoint last` forces
@@ -24,6 +25,8 @@ import click
 import torch
 
 from genlab.errors import CheckpointError, GenlabError
+from genlab.metrics import format_report
+from genlab.tracking import write_json
 
 # as genlab.cli.CONTEXT (not imported: genlab.cli imports this module to register the commands)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -185,35 +188,16 @@ def eval_cmd(run_dir, split, data_overrides, checkpoint, out, device, batch_size
       genlab eval runs/lesion_brain/20260101-120000
       genlab eval runs/lesion_brain/20260101-120000 --split val --data mode=easy
     """
-    from genlab.metrics import format_report, plot_confusion_matrix, plot_roc
-    from genlab.tracking import Tracker, write_json
-
     run = LoadedRun(run_dir, device, checkpoint, need_data=True, data_overrides=data_overrides)
     if cam_tolerance is not None:
         run.model.cfg.cam_tolerance_px = cam_tolerance
     report, raw = evaluate_split(run, split, batch_size, limit)
     out = Path(out) if out is not None else run_dir / "eval" / split
-    out.mkdir(parents=True, exist_ok=True)
-    names = list(run.info.class_names)
-    cm_img = plot_confusion_matrix(report["confusion_matrix"]["matrix"], names, out / "confusion_matrix.png",
-                                   title=f"{run.recipe.name} — {split}")
-    roc_img = plot_roc(raw["y"], raw["probs"], names, out / "roc.png", title=f"{run.recipe.name} — {split}")
-    figures = {"confusion_matrix": cm_img, "roc": roc_img}
-    bin_block = report.get("binary")
-    if bin_block and run.info.num_classes > 2:  # the lesion-vs-healthy ROC of a multi-class model
-        idx = bin_block["positive_indices"]
-        truth = torch.isin(raw["y"], torch.tensor(idx)).long()
-        p_pos = raw["probs"][:, idx].sum(1)
-        figures["roc_lesion"] = plot_roc(truth, torch.stack([1 - p_pos, p_pos], 1),
-                                         ["no lesion", bin_block["positive"]], out / "roc_lesion.png",
-                                         title=f"{run.recipe.name} — {split}: lesion vs no lesion")
     result = {"run": str(run_dir), "split": split, "checkpoint": str(run.checkpoint), "step": run.step,
-              "data_overrides": list(data_overrides), **report}
-    write_json(out / "metrics.json", _clean(result))
-    tracker = Tracker(run_dir)
-    for name, img in figures.items():
-        tracker.image(f"eval/{split}/{name}", torch.from_numpy(img).permute(2, 0, 1).float() / 255, run.step)
-    tracker.close()
+              "data_overrides": list(data_overrides)}
+    figures = write_report(out, report, raw["y"], raw["probs"], list(run.info.class_names),
+                           title=f"{run.recipe.name} — {split}", run_dir=run_dir,
+                           tb_prefix=f"eval/{split}", step=run.step, header=result)
     if run.model.init_report is not None:
         write_json(run_dir / "init_report.json", run.model.init_report)
     click.echo(f"{run.recipe.name}: {split} split, {report['n']} images, weights {run.checkpoint.name} "
@@ -222,6 +206,37 @@ def eval_cmd(run_dir, split, data_overrides, checkpoint, out, device, batch_size
     if "localisation" in report:
         click.echo("\n" + format_localisation(report["localisation"]))
     click.echo(f"\nwrote {out / 'metrics.json'}, {', '.join(f'{k}.png' for k in figures)}")
+
+
+def write_report(out: Path, report: dict, y: torch.Tensor, probs: torch.Tensor, names: list[str], *,
+                 title: str, run_dir: Path, tb_prefix: str, step: int, header: dict) -> dict:
+    """The files of `genlab eval` and `genlab probe`: out/metrics.json ({**header, **report}),
+    confusion_matrix.png (rows = actual, columns = predicted), roc.png and, for a multi-class
+    lesion task, roc_lesion.png; the figures also go to RUN_DIR's TensorBoard under tb_prefix.
+    Returns {name: (H, W, 3) uint8 image}."""
+    from genlab.metrics import plot_confusion_matrix, plot_roc
+    from genlab.tracking import Tracker
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    y, probs = torch.as_tensor(y).long(), torch.as_tensor(probs).float()
+    figures = {"confusion_matrix": plot_confusion_matrix(report["confusion_matrix"]["matrix"], names,
+                                                         out / "confusion_matrix.png", title=title),
+               "roc": plot_roc(y, probs, names, out / "roc.png", title=title)}
+    bin_block = report.get("binary")
+    if bin_block and len(names) > 2:  # the lesion-vs-healthy ROC of a multi-class model
+        idx = bin_block["positive_indices"]
+        truth = torch.isin(y, torch.tensor(idx)).long()
+        p_pos = probs[:, idx].sum(1)
+        figures["roc_lesion"] = plot_roc(truth, torch.stack([1 - p_pos, p_pos], 1),
+                                         ["no lesion", bin_block["positive"]], out / "roc_lesion.png",
+                                         title=f"{title}: lesion vs no lesion")
+    write_json(out / "metrics.json", _clean({**header, **report}))
+    tracker = Tracker(run_dir)
+    for name, img in figures.items():
+        tracker.image(f"{tb_prefix}/{name}", torch.from_numpy(img).permute(2, 0, 1).float() / 255, step)
+    tracker.close()
+    return figures
 
 
 # ----------------------------------------------------------------------------- predict
@@ -342,7 +357,92 @@ def explain_cmd(run_dir, images, out, class_name, split, n, checkpoint, device):
     click.echo(f"wrote {len(written)} overlay(s) to {out}")
 
 
+# ----------------------------------------------------------------------------- probe
+@click.command("probe", context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--clf", type=click.Choice(["svm", "logreg"]), required=True,
+              help="Linear SVM (LinearSVC) or logistic regression. Example: --clf logreg")
+@click.option("--pca", type=click.IntRange(min=1), default=None,
+              help="Reduce the standardised features to this many principal components first. "
+                   "Example: --pca 128")
+@click.option("--pool", type=click.Choice(["none", "mean", "max"]), default="none", show_default=True,
+              help="none: the encoder's output vector; mean/max: global pooling of its last conv "
+                   "feature map instead (one number per channel). Example: --pool mean")
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True,
+              help="Split to report on (the probe fits on train and picks C on val, so a val report is "
+                   "optimistic). Example: --split val")
+@click.option("--n-train", type=click.IntRange(min=2), default=2000, show_default=True,
+              help="Fit on the first N images of the train split. Example: --n-train 5000")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N images of the val and report splits. Example: --limit 500")
+@click.option("--c", "c_grid", type=click.FloatRange(min=0, min_open=True), multiple=True,
+              help="Candidate inverse regularisation strengths C, chosen on val; repeatable "
+                   "(default 1e-4 ... 1e2, one per decade). Example: --c 0.01 --c 0.1")
+@click.option("--data", "data_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a data option of the run's recipe; repeatable. Example: --data mode=easy")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Classifier runs: best.pt or the newest step checkpoint. Example: --checkpoint last")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default RUN_DIR/probe/<setting>/<split>). Example: --out /tmp/probe")
+@click.option("--device", type=DEVICES, default="cpu", show_default=True,
+              help="Device for the feature extraction. Example: --device cuda")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Images per forward pass. Example: --batch-size 256")
+def probe_cmd(run_dir, clf, pca, pool, split, n_train, limit, c_grid, data_overrides, checkpoint, out,
+              device, batch_size):
+    """Fit a linear SVM or logistic regression on frozen encoder features (seed 003's fixed
+    feature extractor) and report the metrics of `genlab eval`.
+
+    RUN_DIR is a run that exported an encoder (export/: ae, dae, rbm, dbn, gan runs) or a
+    classifier run (its backbone). The features come from the run's own data: the classifier is
+    fitted on the first --n-train train images, C is chosen on val, and --split is reported.
+    Writes metrics.json, confusion_matrix.png and roc.png as `genlab eval` does.
+
+    \b
+    Examples:
+      genlab probe runs/dae_brain/20260101-120000 --clf logreg
+      genlab probe runs/dae_brain/20260101-120000 --clf svm --pool mean --pca 32
+      genlab probe runs/lesion_brain_binary/20260101-120000 --clf svm --n-train 5000
+    """
+    import time
+
+    from genlab import probe
+    from genlab.metrics import classification_report
+    from genlab.trainer import select_device
+
+    t0 = time.perf_counter()
+    src = probe.load_source(run_dir, select_device(device), checkpoint, data_overrides)
+    names = list(src.info.class_names)
+    x_tr, y_tr = probe.extract(src, "train", n_train, pool, batch_size)
+    x_va, y_va = probe.extract(src, "val", limit, pool, batch_size)
+    x_te, y_te = probe.extract(src, split, limit, pool, batch_size) if split != "val" else (x_va, y_va)
+    res = probe.fit(clf, x_tr, y_tr, x_va, y_va, pca, c_grid or probe.DEFAULT_C_GRID, src.recipe.seed)
+    probs = res.predict_proba(x_te, len(names))
+    positive = [i for i in range(len(names)) if i not in src.negative] if src.negative else None
+    report = classification_report(y_te, probs, names, positive=positive, top_k=(5,))
+    setting = probe.probe_name(clf, pca, pool)
+    out = Path(out) if out is not None else run_dir / "probe" / setting / split
+    feats = probe.describe(pool, pca, x_tr.shape[1])
+    header = {"run": str(run_dir), "split": split, "encoder": src.origin, "step": src.step,
+              "data_overrides": list(data_overrides),
+              "probe": {"classifier": clf, "features": feats, "feature_dim": int(x_tr.shape[1]),
+                        "input_dim": pca or int(x_tr.shape[1]), "pool": pool, "pca": pca,
+                        "n_train": len(y_tr), "n_val": len(y_va),
+                        "C": res.c, "c_grid": probe.jsonable_grid(res.val_accuracy),
+                        "temperature": res.temperature, "seconds": round(time.perf_counter() - t0, 2)}}
+    figures = write_report(out, report, torch.from_numpy(y_te), torch.from_numpy(probs), names,
+                           title=f"{src.recipe.name} — probe {setting} — {split}", run_dir=run_dir,
+                           tb_prefix=f"probe/{setting}/{split}", step=max(src.step, 0), header=header)
+    grid = "  ".join(f"C={c:g}: {a:.3f}" for c, a in res.val_accuracy.items())
+    click.echo(f"{src.recipe.name}: probe {clf} on {feats}; encoder: {src.origin}\n"
+               f"fit on {len(y_tr)} train images; val accuracy per C ({len(y_va)} images): {grid}\n"
+               f"chosen C = {res.c:g}" + (f", SVM temperature {res.temperature:.3g}" if res.temperature else "")
+               + f"; {split} split, {report['n']} images\n")
+    click.echo(format_report(report))
+    click.echo(f"\nwrote {out / 'metrics.json'}, {', '.join(f'{k}.png' for k in figures)}")
+
+
 def register(group: click.Group) -> None:
-    """Attach eval, predict and explain to the `genlab` command group."""
-    for cmd in (eval_cmd, predict_cmd, explain_cmd):
+    """Attach eval, predict, explain and probe to the `genlab` command group."""
+    for cmd in (eval_cmd, predict_cmd, explain_cmd, probe_cmd):
         group.add_command(cmd)

@@ -234,7 +234,7 @@ class Classifier(Family):
         super().__init__()
         self.cfg, self.info = cfg, info
         in_shape, k = list(info.input_shape), info.num_classes
-        pre = dict(clahe=cfg.clahe, clahe_clip=cfg.clahe_clip, clahe_grid=list(cfg.clahe_grid))
+        pre = {"clahe": cfg.clahe, "clahe_clip": cfg.clahe_clip, "clahe_grid": list(cfg.clahe_grid)}
         self.init_report: dict | None = None
         if cfg.init is not None:
             meta, weights, enc_cfg, notes = _bundle_for_data(cfg.init, in_shape, cfg.allow_shape_mismatch)

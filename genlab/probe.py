@@ -1,0 +1,266 @@
+"""Classical probe (seed 003's fixed feature extractor): a scikit-learn linear classifier on
+frozen encoder features. The command is `genlab probe` (genlab/cli_classifier.py).
+
+    run folder -> frozen encoder (its export/ bundle, or a classifier run's best.pt backbone)
+               -> features of the run's own data (train / val / report split)
+               -> standardise -> [PCA] -> LinearSVC or LogisticRegression
+               -> class probabilities -> genlab.metrics.classification_report
+
+Features: the encoder's output vector (the exported code), or with `pool` the global mean or
+max of its last convolutional feature map, (B, C, h, w) -> (B, C) — the Grad-CAM layer of a
+classifier backbone, the last layer of a conv AE/DAE or GAN-discriminator trunk.
+
+Model selection: C is chosen on the validation split (highest accuracy; ties go to the smaller C,
+the stronger regularisation); the final model is the one fitted on the training images with that
+C. The report split is touched once.
+
+Probabilities: logistic regression gives them itself. A linear SVM gives scores, turned into
+probabilities by temperature scaling, softmax(score / T) (binary: sigmoid(score / T)), with T
+fitted on the validation split; a temperature never changes the argmax, so the accuracy and the
+confusion matrix are the SVM's own and the ROC AUC is that of its scores.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from genlab.errors import GenlabError
+
+DEFAULT_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+CLASSIFIERS = ("svm", "logreg")
+POOLS = ("none", "mean", "max")
+
+
+@dataclass
+class ProbeSource:
+    """A run's frozen encoder and its data: `backbone` maps (B, *input_shape) to (B, F)."""
+
+    run_dir: Path
+    recipe: object
+    data: object
+    info: object
+    backbone: nn.Module
+    origin: str                              # where the weights came from (for the report)
+    negative: list[int] = field(default_factory=list)
+    step: int = -1
+
+    @property
+    def pool_layer(self) -> nn.Module | None:
+        """The module whose (B, C, h, w) output --pool reduces (None: no conv trunk)."""
+        return getattr(self.backbone, "cam_layer", None)
+
+
+def load_source(run_dir: Path, device: torch.device, checkpoint: str = "best",
+                data_overrides: tuple[str, ...] = ()) -> ProbeSource:
+    """The encoder of RUN_DIR and the data of its recipe.
+
+    A classifier run gives its backbone with the weights `genlab eval` uses (best.pt, or the
+    newest step checkpoint); any other run gives its exported encoder bundle (export/).
+    """
+    from genlab.export import read_bundle_meta
+    from genlab.families.classifier import resolve_negative
+    from genlab.nn.backbones import build_backbone
+    from genlab.recipe import load_recipe
+    from genlab.registry import get_dataset
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise GenlabError(f"{run_dir}: not a genlab run folder (no recipe.yaml); the probe needs a "
+                          f"run that exported an encoder (export/) or a classifier run")
+    overrides = [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
+    if load_recipe(run_dir / "recipe.yaml").family == "classifier":
+        from genlab.cli_classifier import LoadedRun
+
+        run = LoadedRun(run_dir, str(device), checkpoint, need_data=True, data_overrides=data_overrides)
+        return ProbeSource(run_dir, run.recipe, run.data, run.info, run.model.backbone.eval(),
+                           f"classifier backbone, {run.checkpoint.name} (step {run.step})",
+                           list(run.model.negative), run.step)
+    rec = load_recipe(run_dir / "recipe.yaml", overrides)
+    if not (run_dir / "export" / "encoder.json").is_file():
+        raise GenlabError(f"{run_dir}: a {rec.family!r} run without an exported encoder "
+                          f"(no export/encoder.json); run `genlab export {run_dir}` first, or give "
+                          f"a run of a family that exports one (ae, dae, rbm, dbn, gan)")
+    meta, weights = read_bundle_meta(run_dir)
+    data = get_dataset(rec.data_name)(rec.data, rec.seed, device)
+    info = data.info
+    shape = [int(s) for s in meta.get("input_shape", info.input_shape)]
+    if shape != list(info.input_shape):
+        raise GenlabError(f"{run_dir}: the encoder takes inputs {shape}, the data gives "
+                          f"{list(info.input_shape)} (check --data)")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            bb = build_backbone("encoder", list(info.input_shape),
+                                encoder={"builder": meta["builder"], "config": meta.get("config", {})})
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise GenlabError(f"{run_dir}: cannot rebuild its encoder: {e}") from None
+    from genlab.families.classifier import load_bundle_weights
+
+    rep = load_bundle_weights(bb.encoder, weights, False)
+    if rep["missing"] or rep["skipped"]:
+        raise GenlabError(f"{weights}: the bundle does not fill its own encoder (missing "
+                          f"{[d['name'] for d in rep['missing']]}, skipped "
+                          f"{[d['name'] for d in rep['skipped']]})")
+    negative = resolve_negative(None, tuple(info.class_names))
+    return ProbeSource(run_dir, rec, data, info, bb.to(device).eval(),
+                       f"{meta.get('family')} encoder bundle {meta['builder']!r}, step {meta.get('step')}",
+                       negative, int(meta.get("step") or -1))
+
+
+@torch.no_grad()
+def extract(src: ProbeSource, split: str, n: int | None, pool: str = "none",
+            batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, F) float64, labels (N,) int64) of the first n images of `split`."""
+    from genlab.data.sampler import eval_batches
+
+    if pool not in POOLS:
+        raise GenlabError(f"--pool {pool}: expected one of {', '.join(POOLS)}")
+    size = src.data.size(split)
+    n = size if n is None else min(int(n), size)
+    layer, grabbed = None, []
+    if pool != "none":
+        layer = src.pool_layer
+        if layer is None:
+            raise GenlabError(f"--pool {pool}: the encoder of {src.run_dir} has no convolutional "
+                              f"feature map to pool (a dense encoder: use its output, no --pool)")
+    hook = layer.register_forward_hook(lambda m, i, o: grabbed.append(o)) if layer is not None else None
+    feats, ys = [], []
+    device = next((p.device for p in src.backbone.parameters()), torch.device("cpu"))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for idx in eval_batches(n, batch_size):
+                batch = src.data.get(split, idx)
+                if "y" not in batch:
+                    raise GenlabError(f"{src.run_dir}: data {src.info.name!r} has no labels to probe")
+                grabbed.clear()
+                out = src.backbone(batch["x"].to(device).float())
+                if layer is not None:
+                    fmap = grabbed[-1]
+                    if fmap.dim() != 4:
+                        raise GenlabError(f"--pool {pool}: the encoder's last conv output has shape "
+                                          f"{tuple(fmap.shape)}, not (B, C, h, w)")
+                    out = fmap.mean(dim=(2, 3)) if pool == "mean" else fmap.amax(dim=(2, 3))
+                feats.append(out.flatten(1).double().cpu())
+                ys.append(batch["y"].long().cpu())
+    finally:
+        if hook is not None:
+            hook.remove()
+    return torch.cat(feats).numpy(), torch.cat(ys).numpy()
+
+
+def _pipeline(clf: str, c: float, pca: int | None, seed: int):
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    steps = [StandardScaler()]
+    if pca is not None:
+        steps.append(PCA(n_components=pca, random_state=seed))
+    if clf == "svm":
+        steps.append(LinearSVC(C=c, max_iter=5000, random_state=seed))
+    else:
+        steps.append(LogisticRegression(C=c, max_iter=2000))
+    return make_pipeline(*steps)
+
+
+def _scores(model, x: np.ndarray) -> np.ndarray:
+    """(N, K) decision scores; a binary model's 1-D score d becomes [0, d]."""
+    d = np.asarray(model.decision_function(x), dtype=np.float64)
+    return np.stack([np.zeros_like(d), d], 1) if d.ndim == 1 else d
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
+    """T minimising the NLL of softmax(scores / T) (a log grid, then a local refinement)."""
+    def nll(t: float) -> float:
+        p = _softmax(scores / t)
+        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+
+    grid = np.logspace(-3, 3, 61)
+    best = min(grid, key=nll)
+    fine = best * np.logspace(-0.1, 0.1, 21)
+    return float(min(fine, key=nll))
+
+
+@dataclass
+class ProbeResult:
+    model: object
+    classifier: str
+    c: float
+    val_accuracy: dict[float, float]
+    temperature: float | None
+    classes: np.ndarray
+
+    def predict_proba(self, x: np.ndarray, num_classes: int) -> np.ndarray:
+        """(N, num_classes) probabilities; classes absent from training get 0."""
+        if self.classifier == "logreg":
+            p = self.model.predict_proba(x)
+        else:
+            p = _softmax(_scores(self.model, x) / self.temperature)
+        full = np.zeros((len(x), num_classes))
+        full[:, self.classes] = p
+        return full
+
+
+def fit(clf: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+        pca: int | None = None, c_grid=DEFAULT_C_GRID, seed: int = 0) -> ProbeResult:
+    """Fit the probe for every C, keep the best on val (see the module docstring)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    if clf not in CLASSIFIERS:
+        raise GenlabError(f"--clf {clf}: expected one of {', '.join(CLASSIFIERS)}")
+    classes = np.unique(y_train)
+    if len(classes) < 2:
+        raise GenlabError(f"the training images hold only class {classes.tolist()}; a probe needs at "
+                          f"least two classes (raise --n-train)")
+    if pca is not None and pca > min(x_train.shape):
+        raise GenlabError(f"--pca {pca}: at most min(training images, feature size) = "
+                          f"min({x_train.shape[0]}, {x_train.shape[1]}) = {min(x_train.shape)} components")
+    val_acc: dict[float, float] = {}
+    best, best_c = None, None
+    for c in sorted(float(v) for v in c_grid):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            m = _pipeline(clf, c, pca, seed).fit(x_train, y_train)
+        acc = float((m.predict(x_val) == y_val).mean())
+        val_acc[c] = acc
+        if best is None or acc > val_acc[best_c] + 1e-12:
+            best, best_c = m, c
+    temp = None
+    if clf == "svm":
+        known = np.isin(y_val, classes)
+        col = np.searchsorted(classes, y_val[known])
+        temp = fit_temperature(_scores(best, x_val[known]), col) if known.any() else 1.0
+    return ProbeResult(best, clf, best_c, val_acc, temp, classes)
+
+
+def describe(pool: str, pca: int | None, feat_dim: int) -> str:
+    what = "encoder output" if pool == "none" else f"global {pool} of the last conv map"
+    return f"{what} ({feat_dim} numbers)" + (f" -> PCA {pca}" if pca is not None else "")
+
+
+def probe_name(clf: str, pca: int | None, pool: str) -> str:
+    """Folder / TensorBoard name of one probe setting, e.g. svm-pca128-poolmean."""
+    return clf + (f"-pca{pca}" if pca is not None else "") + (f"-pool{pool}" if pool != "none" else "")
+
+
+def jsonable_grid(val_acc: dict[float, float]) -> list[dict]:
+    return [{"C": c, "val_accuracy": a} for c, a in val_acc.items()]
+
+
+__all__ = ["CLASSIFIERS", "DEFAULT_C_GRID", "POOLS", "ProbeResult", "ProbeSource", "describe",
+           "extract", "fit", "fit_temperature", "jsonable_grid", "load_source", "probe_name"]
