@@ -19,6 +19,7 @@ so on a shared machine compare medians taken at similar load (printed before and
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -54,6 +55,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     fixed = ["train.steps=1000000000", "log.every=1000000000", "log.eval_every=0",
@@ -100,6 +102,12 @@ def main(argv=None):
         upd = f"{statistics.median(rates):>17,.1f}" if name == "train" else f"{'-':>17}"
         print(f"{name:<9} {statistics.median(rates) * per_step:>19,.0f} {max(rates) * per_step:>17,.0f} {upd}")
     print("load avg after:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    if args.json:
+        out = {name: {"median_env_steps_per_s": statistics.median(args.steps / x for x in xs) * per_step,
+                      "median_updates_per_s": statistics.median(args.steps / x for x in xs)}
+               for name, xs in (("collect", collect), ("train", train)) if xs}
+        with open(args.json, "w") as f:
+            json.dump({"recipe": args.recipe, **out}, f, indent=2)
 
 
 if __name__ == "__main__":

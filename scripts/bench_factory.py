@@ -17,6 +17,7 @@ with `OMP_WAIT_POLICY=PASSIVE` (must be set before Python starts) to see the und
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -92,6 +93,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--mode", default="hard", choices=("easy", "hard"))
+    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -115,6 +117,7 @@ def main() -> None:
         f"{'device':6} {'thr':>3} {'batch':>6} {'median img/s':>13} {'best img/s':>11} "
         f"{'rand median':>12} {'rand best':>10} {'ratio':>6}"
     )
+    rows = []
     for dev in devices:
         device = torch.device(dev)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -136,6 +139,10 @@ def main() -> None:
                     f"{r['ratio']:>6.2f}",
                     flush=True,
                 )
+                rows.append(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"mode": args.mode, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ Batched configurations (default maze: MazeConfig(), 9x9, 3 food, 3 shocks, 100 s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -104,6 +105,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--devices", default="cpu,cuda", help="comma list; cuda skipped if absent")
     p.add_argument("--no-stream", action="store_true", help="skip the slow seed-stream config")
+    p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,6 +145,11 @@ def main(argv=None):
         med = statistics.median(xs)
         print(f"{name:<19} {med:>15,.0f} {max(xs):>14,.0f} {med / ref:>10.1f}x")
     print("load avg after:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"num_envs": n, "gym_median": ref, "configs": {
+                k: {"median": statistics.median(v), "best": max(v), "x_gym": statistics.median(v) / ref}
+                for k, v in results.items()}}, f, indent=2)
 
 
 if __name__ == "__main__":

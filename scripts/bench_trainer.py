@@ -13,6 +13,7 @@ the measured steps, because the hand loop has none of them.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import tempfile
@@ -73,6 +74,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="recipes/dae_brain.yaml")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     rec = load_recipe(args.recipe)
     if rec.family not in ("ae", "dae"):
@@ -95,6 +97,11 @@ def main() -> None:
     print(f"trainer    : median {statistics.median(tt):.3f} s  ({args.steps / statistics.median(tt):.1f} steps/s)")
     print(f"ratio trainer/plain: median {statistics.median(ratios):.3f} (each: "
           + ", ".join(f"{r:.3f}" for r in ratios) + ")")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "plain_s": statistics.median(tp), "trainer_s": statistics.median(tt),
+            "ratio": statistics.median(ratios), "ratios": ratios, "steps": args.steps,
+            "threads": torch.get_num_threads()}, indent=2))
 
 
 if __name__ == "__main__":
