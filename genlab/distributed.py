@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -45,8 +45,8 @@ TIMEOUT_S = int(os.environ.get("GENLAB_DIST_TIMEOUT_S", "600"))
 
 def env_world() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) outside torchrun."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def current() -> tuple[int, int]:
@@ -62,7 +62,7 @@ def current() -> tuple[int, int]:
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Every rank's `t` (same shape on all ranks) concatenated along dim 0, in rank order; `t`
     itself for one process. For data-dependent initialisations that must see the global batch."""
-    rank, world = current()
+    _rank, world = current()
     if world == 1:
         return t
     parts = [torch.empty_like(t) for _ in range(world)]
@@ -76,6 +76,8 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False
+    # flat gradient buckets by the ids of their parameters (average_gradients)
+    _buckets: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def enabled(self) -> bool:
@@ -86,7 +88,7 @@ class Dist:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, device_name: str) -> "Dist":
+    def from_env(cls, device_name: str) -> Dist:
         """Join (or reuse) the process group torchrun describes; a no-op for one process."""
         rank, world, local = env_world()
         if world <= 1:
@@ -123,22 +125,42 @@ class Dist:
 
     # -- collectives (all no-ops for one process) ------------------------------------------------
     def average_gradients(self, params: list[nn.Parameter]) -> None:
-        """Average .grad over ranks in place: one flat all_reduce per (device, dtype)."""
+        """Average .grad over ranks in place: one flat all_reduce per (device, dtype).
+
+        The gradients live in persistent flat buckets (as DDP's `gradient_as_bucket_view`): the
+        first call copies them into a bucket and makes each .grad a view of it; later calls find
+        the views still in place (the trainer zeroes gradients in place under DDP) and reduce the
+        bucket with no copy. On the headline DAE (6.4M parameters) that saves ~30 ms a step of
+        allocation and copying next to a ~27 ms gloo all_reduce (docs/benchmarks.md, DDP).
+        """
         if not self.enabled:
             return
-        groups: dict[tuple, list[torch.Tensor]] = {}
+        groups: dict[tuple, list[nn.Parameter]] = {}
         for p in params:
             if p.grad is not None:
-                groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
-        for grads in groups.values():
-            flat = torch.cat([g.reshape(-1) for g in grads])
+                groups.setdefault((p.grad.device, p.grad.dtype), []).append(p)
+        for members in groups.values():
+            flat = self._bucket(members)
             dist.all_reduce(flat)
-            flat /= self.world_size
-            offset = 0
-            for g in grads:
-                n = g.numel()
-                g.copy_(flat[offset:offset + n].view_as(g))
-                offset += n
+            flat.div_(self.world_size)
+
+    def _bucket(self, members: list[nn.Parameter]) -> torch.Tensor:
+        """The flat gradient bucket of these parameters, their .grad made views of it."""
+        key = tuple(id(p) for p in members)
+        flat = self._buckets.get(key)
+        if flat is None:
+            g0 = members[0].grad
+            flat = torch.empty(sum(p.numel() for p in members), dtype=g0.dtype, device=g0.device)
+            self._buckets[key] = flat
+        offset = 0
+        for p in members:
+            n = p.numel()
+            view = flat[offset:offset + n].view_as(p)
+            if p.grad.data_ptr() != view.data_ptr():  # first use, or .grad was replaced
+                view.copy_(p.grad)
+                p.grad = view
+            offset += n
+        return flat
 
     def broadcast_module(self, module: nn.Module, buffers_only_of: tuple[type, ...] | None = None) -> None:
         """Copy rank 0's parameters and buffers (or only the buffers of `buffers_only_of` modules,

@@ -13,10 +13,16 @@ def build_optimizer(params: Iterable, train, lr: float | None = None) -> torch.o
     params = list(params)  # tensors, or param-group dicts (e.g. an encoder lr multiplier)
     if params and isinstance(params[0], torch.Tensor):
         params = [p for p in params if p.requires_grad]
-    if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    if train.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if train.optimizer == "adam" else torch.optim.AdamW
+        kw = {"lr": lr, "betas": tuple(train.betas), "weight_decay": train.weight_decay}
+        try:
+            # One fused kernel per step instead of a dozen passes over every tensor: 3.3x faster
+            # on the headline DAE's 6.4M parameters on a CPU (35 -> 10.6 ms a step), which also
+            # matters under DDP, where every rank runs the whole step (docs/benchmarks.md).
+            return cls(params, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):  # a device/dtype (or torch) without it
+            return cls(params, **kw)
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay,
                                nesterov=train.nesterov and train.momentum > 0)

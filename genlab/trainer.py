@@ -65,13 +65,13 @@ def load_png(path: Path) -> torch.Tensor:
 class _StepContext:
     """What a family's training_step sees: autocast, and update(name, loss) for each optimizer."""
 
-    def __init__(self, trainer: "Trainer"):
+    def __init__(self, trainer: Trainer):
         self.t = trainer
         self.step = 0
         self.device = trainer.device
         self.grad_norms: dict[str, torch.Tensor] = {}
         dtype = PRECISIONS[trainer.recipe.train.precision]
-        self._autocast_kw = dict(device_type=trainer.device.type, dtype=dtype, enabled=dtype is not None)
+        self._autocast_kw = {"device_type": trainer.device.type, "dtype": dtype, "enabled": dtype is not None}
 
     def autocast(self):
         if not self._autocast_kw["enabled"]:
@@ -80,7 +80,8 @@ class _StepContext:
 
     def update(self, name: str, loss: torch.Tensor) -> None:
         opt, scaler = self.t.optimizers[name], self.t.scalers[name]
-        opt.zero_grad(set_to_none=True)
+        # under DDP the gradients are views of flat all_reduce buckets: zero them in place
+        opt.zero_grad(set_to_none=not self.t.dist.enabled)
         scaler.scale(loss).backward()
         # Data parallel: every rank applies the same, rank-averaged gradient (no-op for one process).
         self.t.dist.average_gradients([p for g in opt.param_groups for p in g["params"]])
