@@ -224,7 +224,7 @@ def list_(keys, recipes_dir):
     found = sorted(recipes_dir.glob("*.yaml")) if recipes_dir.is_dir() else []
     for p in found:
         desc = _recipe_description(p)
-        click.echo(f"  {str(p):<32} {desc}")
+        click.echo(f"  {p!s:<32} {desc}")
     if not found:
         click.echo("  (none)")
     click.echo("keys of a family or data set: genlab list --keys NAME")
@@ -241,22 +241,22 @@ def _recipe_description(path: Path) -> str:
 
 
 # -- eval, predict, explain (classifier runs) --------------------------------------------------
-from genlab.cli_classifier import register as _register_classifier_commands  # noqa: E402
+from genlab.cli_classifier import register as _register_classifier_commands
 
 _register_classifier_commands(cli)
 
 # -- sample (generative runs) ------------------------------------------------------------------
-from genlab.cli_gan import register as _register_gan_commands  # noqa: E402
+from genlab.cli_gan import register as _register_gan_commands
 
 _register_gan_commands(cli)
 
 # -- play (DQN maze runs) ----------------------------------------------------------------------
-from genlab.cli_play import register as _register_play_commands  # noqa: E402
+from genlab.cli_play import register as _register_play_commands
 
 _register_play_commands(cli)
 
 # -- serve (classifier runs as a REST API) -----------------------------------------------------
-from genlab.cli_serve import register as _register_serve_commands  # noqa: E402
+from genlab.cli_serve import register as _register_serve_commands
 
 _register_serve_commands(cli)
 

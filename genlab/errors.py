@@ -29,7 +29,7 @@ class RecipeError(GenlabError):
         key = f"{self.key}: " if self.key else ""
         return f"{prefix}{key}{self.message}"
 
-    def located(self, where: str) -> "RecipeError":
+    def located(self, where: str) -> RecipeError:
         """The same error, attributed to a source file or flag."""
         return RecipeError(self.key, self.message, where)
 

@@ -77,7 +77,7 @@ def machine() -> str:
     import torch
 
     try:
-        cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :\t")
+        cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
     except (OSError, IndexError):
         cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
@@ -103,7 +103,7 @@ def main() -> None:
             print(f"[bench] {name}: {' '.join(cmd)}", flush=True)
             t0 = time.perf_counter()
             res = subprocess.run([sys.executable, *cmd[1:], "--json", str(js)], cwd=ROOT,
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, check=False)
             took = time.perf_counter() - t0
             logf.write(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}\n")
             if res.returncode != 0 or not js.exists():
@@ -115,8 +115,8 @@ def main() -> None:
     load1 = os.getloadavg()
     lines = [
         f"# genlab benchmarks ({time.strftime('%Y-%m-%d %H:%M')})", "",
-        f"Machine: {machine()}. Device: {args.device}. Load average before "
-        f"{load0[0]:.2f}, after {load1[0]:.2f}. Full outputs: {log.name}.", "",
+        (f"Machine: {machine()}. Device: {args.device}. Load average before "
+        f"{load0[0]:.2f}, after {load1[0]:.2f}. Full outputs: {log.name}."), "",
         "| benchmark | median | goal | command | wall |", "|---|---|---|---|---|",
         *[f"| {n} | {f} | {g} | `{c}` | {t:.0f} s |" for n, f, g, c, t in rows], "",
     ]

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FAMILIES, tiny_recipe
 from PIL import Image
 
-from conftest import TINY_FAMILIES, tiny_recipe
 from genlab import registry
 from genlab.cli import main
 from genlab.data.base import DataInfo

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY_FAMILIES, tiny_recipe
+
 from genlab import load_encoder, registry
 from genlab.checkpoint import safe_load
 from genlab.recipe import from_mapping

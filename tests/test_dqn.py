@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
+from conftest import tiny_recipe
 from torch import nn
 
-from conftest import tiny_recipe
 from genlab import checkpoint as ckpt
 from genlab.cli import main
 from genlab.data.maze_source import TEST_SEED0, VAL_SEED0, MazeData, MazeDataConfig

@@ -1,13 +1,13 @@
 """Learning-rate schedules with warm-up, device selection, and the bf16/fp16 training paths."""
 from __future__ import annotations
 
+import itertools
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import tiny_recipe
+
 from genlab.errors import GenlabError
 from genlab.optim import lr_factor
 from genlab.recipe import TrainConfig, from_mapping
@@ -29,7 +29,7 @@ def test_cosine_reaches_floor_at_the_end():
     assert lr_factor(55, tc) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_factor(100, tc) == pytest.approx(0.1)
     vals = [lr_factor(s, tc) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(vals, vals[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(vals))
 
 
 def test_step_schedule():

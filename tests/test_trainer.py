@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
 from conftest import tiny_recipe
+
 from genlab import checkpoint as ckpt
 from genlab.errors import NonFiniteLossError
 from genlab.families.base import Family
@@ -35,7 +35,7 @@ def test_same_seed_same_numbers(runs):
 
 
 def test_loss_falls_and_outputs_written(runs):
-    t, res = _train(tiny_recipe("ae", steps=60, lr=1e-2), runs)
+    t, _res = _train(tiny_recipe("ae", steps=60, lr=1e-2), runs)
     hist = t.history["train/loss"]
     assert hist[-1][1] < 0.7 * hist[0][1]
     run = t.run_dir

@@ -7,7 +7,7 @@ gain in PSNR from corrupted input to reconstruction measures what it learned.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -74,14 +74,14 @@ class Autoencoder(Family):
         self.cfg, self.info = cfg, info
         shape = list(info.input_shape)
         if cfg.arch == "conv":
-            self._enc_args = dict(in_shape=shape, channels=list(cfg.channels), bottleneck=cfg.bottleneck,
-                                  norm=cfg.norm, activation=cfg.activation, first_kernel=cfg.first_kernel)
+            self._enc_args = {"in_shape": shape, "channels": list(cfg.channels), "bottleneck": cfg.bottleneck,
+                                  "norm": cfg.norm, "activation": cfg.activation, "first_kernel": cfg.first_kernel}
             self.encoder = ConvEncoder(**self._enc_args)
             self.decoder = ConvDecoder(shape, list(cfg.channels), cfg.bottleneck, cfg.norm, cfg.activation)
             self._builder = "conv_encoder"
         else:
-            self._enc_args = dict(in_shape=shape, hidden=list(cfg.hidden), bottleneck=cfg.bottleneck,
-                                  activation=cfg.activation)
+            self._enc_args = {"in_shape": shape, "hidden": list(cfg.hidden), "bottleneck": cfg.bottleneck,
+                                  "activation": cfg.activation}
             self.encoder = DenseEncoder(**self._enc_args)
             self.decoder = DenseDecoder(shape, list(cfg.hidden), cfg.bottleneck, cfg.activation)
             self._builder = "dense_encoder"

@@ -5,6 +5,7 @@ Every encoder maps (B, *in_shape) images in [0, 1] to (B, out_features) codes an
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -132,7 +133,7 @@ class DenseDecoder(nn.Module):
         n_out = math.prod(out_shape)
         widths = [bottleneck, *reversed(hidden)]
         layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), _act(activation)]
         layers.append(nn.Linear(widths[-1], n_out))
         if output == "sigmoid":
