@@ -51,6 +51,9 @@ class TrainConfig:
     eval_batches: int | None = param(8, ge=1, help="validation batches per evaluation (null: whole split)")
     eval_batch_size: int | None = param(None, ge=1, help="batch size for evaluation (null: batch_size)")
     final_eval_full: bool = param(True, help="evaluate the whole val and test splits at the end")
+    final_eval_best: bool = param(True, help="also score checkpoints/best.pt on the whole val and "
+                                  "test splits at the end when it is not the last step (metrics.json "
+                                  "best.val / best.test)")
     early_stopping_patience: int | None = param(None, ge=1, help="stop after this many evaluations "
                                                 "without a better val monitor metric (null: off)")
 

@@ -518,12 +518,15 @@ class Trainer:
         tc = self.recipe.train
         final_val = self.evaluate("val", None if tc.final_eval_full else tc.eval_batches)
         final_test = self.evaluate("test", None if tc.final_eval_full else tc.eval_batches)
+        best = {"monitor": self.model.monitor[0], "value": self.best}
+        if tc.final_eval_best:
+            best.update(self._evaluate_best())
         result = {
             "recipe": self.recipe.name, "family": self.recipe.family, "data": self.recipe.data_name,
             "seed": self.recipe.seed, "steps": self.step, "device": str(self.device),
             "world_size": self.dist.world_size, "stopped_early": self.stopped_early,
             "val": final_val, "test": final_test,
-            "best": {"monitor": self.model.monitor[0], "value": self.best},
+            "best": best,
             "train": {k: v[-1][1] for k, v in self.history.items() if k.startswith("train/")},
         }
         if not self.dist.is_main:
@@ -540,10 +543,37 @@ class Trainer:
                              | {f"test/{k}": v for k, v in final_test.items()})
         self.tracker.close()
         self._say("test  " + "  ".join(f"{k} {v:.4g}" for k, v in final_test.items()))
+        if "test" in best:
+            self._say(f"test of best.pt (step {best['step']}, chosen on val {best['monitor']}):  "
+                      + "  ".join(f"{k} {v:.4g}" for k, v in best["test"].items()))
         self._say(f"run written to {self.run_dir}")
         self.dist.barrier()
         self.dist.close()
         return result
+
+    def _evaluate_best(self) -> dict:
+        """Full val and test metrics of checkpoints/best.pt when it is not the final weights.
+
+        Selection on val, report on test: for a run whose monitor swings (DQN) the best
+        checkpoint, not the last step, is what `genlab play` / `genlab eval` use, so its test
+        score belongs in metrics.json. The final weights are put back afterwards (export,
+        resume and the figures stay those of the last step)."""
+        state = None
+        if self.dist.is_main:  # rank 0 reads and sends, as in _restore
+            path = self.ckpt_dir / "best.pt"
+            if path.is_file():
+                state = ckpt.safe_load(path, map_location="cpu")
+        if self.dist.enabled:
+            state = self.dist.broadcast_object(state)
+        if state is None or state.get("step") == self.step:
+            return {"step": self.step} if state is not None else {}
+        last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(state["model"])
+        try:
+            return {"step": state["step"], "val": self.evaluate("val", None),
+                    "test": self.evaluate("test", None)}
+        finally:
+            self.model.load_state_dict(last)
 
     def export(self) -> Path | None:
         if not hasattr(self.model, "encoder_spec"):

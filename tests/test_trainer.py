@@ -184,3 +184,21 @@ def test_ctrl_c_between_steps_saves_a_checkpoint_and_mid_step_does_not(runs):
     with pytest.raises(GenlabError, match="interrupted during step 7; the newest checkpoint is .*step-00000004.pt"):
         t2.run()
     assert ckpt.list_step_checkpoints(t2.ckpt_dir)[0].name == "step-00000004.pt"
+
+
+def test_best_checkpoint_scored_on_test_and_last_weights_kept(runs):
+    t, res = _train(tiny_recipe("ae", steps=60, lr=1e-2), runs)
+    assert res["best"]["monitor"] == "loss" and "step" in res["best"]
+    if res["best"]["step"] != 60:  # best.pt is an earlier step: its own full scores are there
+        assert set(res["best"]["test"]) == set(res["test"])
+    # make best.pt an earlier, different state: the oldest kept step checkpoint's weights
+    early = ckpt.safe_load(ckpt.list_step_checkpoints(t.ckpt_dir)[-1])
+    assert early["step"] < 60
+    ckpt.atomic_save({"format": "genlab-best", "step": early["step"], "monitor": "loss", "value": 1.0,
+                      "model": early["model"]}, t.ckpt_dir / "best.pt")
+    last = _weights(t.model)
+    best = t._evaluate_best()
+    assert best["step"] == early["step"] and best["test"]["loss"] != res["test"]["loss"]
+    assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in last.items())  # put back
+    t.model.load_state_dict(early["model"])
+    assert best["test"] == t.evaluate("test", None)
