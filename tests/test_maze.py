@@ -22,7 +22,7 @@ from genlab.envs.maze import (
     reachable_cells,
     reward_table,
 )
-from genlab.envs.solver import brute_force_return, optimal_return, solve
+from genlab.envs.solver import brute_force_return, discounted_q, optimal_return, solve
 
 # Mouse at (1, 1) facing east; food at (1, 3) and (3, 3); a shock at (1, 5).
 HAND = """
@@ -323,3 +323,17 @@ def test_batched_buffers_and_dtypes():
     assert view.data_ptr() == view0.data_ptr()            # copy_obs=False: the internal buffer
     lay = safe.layout_of(0)
     assert lay.walls.shape == (5, 5) and tuple(safe.pos[0].tolist()) == lay.start
+
+
+def test_discounted_q_by_hand():
+    # mouse facing east, one floor cell, then the food: forward, forward eats it and ends
+    text = "#####\n#>.F#\n#####"
+    cfg = MazeConfig(size=5, n_food=1, n_shock=0)
+    g = 0.9
+    q, s0 = discounted_q(text, cfg, gamma=g)
+    step, food = cfg.step_cost, cfg.reward_food  # the env rounds rewards to float32: abs 1e-6
+    fwd = step + g * (step + food)
+    assert q[2, s0] == pytest.approx(fwd, abs=1e-6)
+    # a turn costs a step and leaves the mouse facing north or south: two turns back, then fwd
+    assert q[0, s0] == pytest.approx(step + g * (step + g * fwd), abs=1e-6)
+    assert q[:, s0].argmax() == 2

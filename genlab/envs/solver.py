@@ -40,7 +40,7 @@ from genlab.envs.maze import (
     reward_table,
 )
 
-__all__ = ["Solution", "brute_force_return", "optimal_return", "solve"]
+__all__ = ["Solution", "brute_force_return", "discounted_q", "optimal_return", "solve", "transitions"]
 
 _MAX_FOOD = 16
 
@@ -54,10 +54,10 @@ class Solution:
     eats_all: bool
 
 
-def solve(layout: Layout | str, cfg: MazeConfig | None = None) -> Solution:
-    """Exact best return from the start state within cfg.max_steps, with an optimal plan."""
-    lay = as_layout(layout)
-    cfg = cfg or MazeConfig()
+def transitions(lay: Layout, cfg: MazeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The maze as a deterministic MDP: next state, reward and terminal flag per (action, state),
+    each (3, S), and the start state. A state is (cell * 4 + heading) * 2^F + eaten-food mask,
+    over all cells (walls are never visited)."""
     h, w = lay.shape
     hw = h * w
     food_cells = np.flatnonzero(lay.food)
@@ -95,7 +95,31 @@ def solve(layout: Layout | str, cfg: MazeConfig | None = None) -> Solution:
     r[2] = np.where(bump, rew[OUT_BUMP],
                     np.where(ate, rew[OUT_FOOD], np.where(shocked, rew[OUT_SHOCK], rew[OUT_MOVE])))
     term[2] = new_mask == full
-    nxt, r, term = nxt.reshape(3, -1), r.reshape(3, -1), term.reshape(3, -1)
+    s0 = ((lay.start[0] * w + lay.start[1]) * 4 + lay.heading) * nm
+    return nxt.reshape(3, -1), r.reshape(3, -1), term.reshape(3, -1), s0
+
+
+def discounted_q(layout: Layout | str, cfg: MazeConfig | None = None, gamma: float = 0.99,
+                 iters: int = 2000, tol: float = 1e-10) -> tuple[np.ndarray, int]:
+    """Q*(a, s) (3, S) of the infinite-horizon gamma-discounted maze (no step limit), by value
+    iteration, and the start state: what a DQN with discount gamma is asked to learn."""
+    lay = as_layout(layout)
+    nxt, r, term, s0 = transitions(lay, cfg or MazeConfig())
+    v = np.zeros(nxt.shape[1])
+    for _ in range(iters):
+        q = r + gamma * np.where(term, 0.0, v[nxt])
+        v_new = q.max(0)
+        if np.abs(v_new - v).max() < tol:
+            break
+        v = v_new
+    return q, s0
+
+
+def solve(layout: Layout | str, cfg: MazeConfig | None = None) -> Solution:
+    """Exact best return from the start state within cfg.max_steps, with an optimal plan."""
+    lay = as_layout(layout)
+    cfg = cfg or MazeConfig()
+    nxt, r, term, s0 = transitions(lay, cfg)
 
     T = cfg.max_steps
     v = np.zeros(nxt.shape[1])
@@ -104,7 +128,6 @@ def solve(layout: Layout | str, cfg: MazeConfig | None = None) -> Solution:
         q = r + np.where(term, 0.0, v[nxt])
         policy[t - 1] = q.argmax(0)
         v = q.max(0)
-    s0 = ((lay.start[0] * w + lay.start[1]) * 4 + lay.heading) * nm
     best = float(v[s0])
     actions: list[int] = []
     s, done = s0, False
