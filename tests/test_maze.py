@@ -334,6 +334,6 @@ def test_discounted_q_by_hand():
     step, food = cfg.step_cost, cfg.reward_food  # the env rounds rewards to float32: abs 1e-6
     fwd = step + g * (step + food)
     assert q[2, s0] == pytest.approx(fwd, abs=1e-6)
-    # a turn costs a step and leaves the mouse facing north or south: two turns back, then fwd
+    # turning left (to face north) costs a step; the best from there: turn right back, then fwd
     assert q[0, s0] == pytest.approx(step + g * (step + g * fwd), abs=1e-6)
     assert q[:, s0].argmax() == 2
