@@ -51,6 +51,9 @@ def main() -> None:
     ap.add_argument("--mazes", type=int, default=200, help="test mazes (seeds 2**41 + i)")
     ap.add_argument("--json", help="also write the table here")
     a = ap.parse_args()
+    bad = [g for g in a.gammas if not 0.0 < g < 1.0]
+    if bad:
+        ap.error(f"--gammas: each must be in (0, 1), got {bad}")
     cfg = MazeConfig(size=9, n_food=3, n_shock=3, max_steps=100)  # recipes/dqn_maze.yaml's env
     lays = [generate_layout(cfg, TEST_SEED0 + i) for i in range(a.mazes)]
     best = [optimal_return(lay, cfg) for lay in lays]

@@ -14,6 +14,7 @@ from genlab.envs.batched import BatchedMaze, episode_seed_t
 from genlab.envs.maze import (
     Layout,
     MazeConfig,
+    MazeError,
     MouseMazeEnv,
     episode_seed,
     generate_layout,
@@ -337,3 +338,5 @@ def test_discounted_q_by_hand():
     # turning left (to face north) costs a step; the best from there: turn right back, then fwd
     assert q[0, s0] == pytest.approx(step + g * (step + g * fwd), abs=1e-6)
     assert q[:, s0].argmax() == 2
+    with pytest.raises(MazeError, match=r"gamma must be in \(0, 1\)"):
+        discounted_q(text, cfg, gamma=1.0)

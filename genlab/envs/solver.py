@@ -103,6 +103,8 @@ def discounted_q(layout: Layout | str, cfg: MazeConfig | None = None, gamma: flo
                  iters: int = 2000, tol: float = 1e-10) -> tuple[np.ndarray, int]:
     """Q*(a, s) (3, S) of the infinite-horizon gamma-discounted maze (no step limit), by value
     iteration, and the start state: what a DQN with discount gamma is asked to learn."""
+    if not 0.0 < gamma < 1.0:  # value iteration converges only for a contraction
+        raise MazeError(f"gamma must be in (0, 1) for the infinite-horizon values, got {gamma}")
     lay = as_layout(layout)
     nxt, r, term, s0 = transitions(lay, cfg or MazeConfig())
     v = np.zeros(nxt.shape[1])
