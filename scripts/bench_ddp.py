@@ -32,8 +32,8 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from genlab.recipe import load_recipe
-    from genlab.trainer import Trainer
+    from genlab.core.recipe import load_recipe
+    from genlab.engine.trainer import Trainer
 
     far = (args.warmup + args.steps) * 10
     overrides = [f"train.steps={far}", "train.warmup_steps=0", f"train.device={args.device}",

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from genlab.recipe import load_recipe
-from genlab.trainer import Trainer
+from genlab.core.recipe import load_recipe
+from genlab.engine.trainer import Trainer
 
 
 def machine_info() -> str:

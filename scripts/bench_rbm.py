@@ -37,7 +37,7 @@ from sklearn.neural_network import BernoulliRBM
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from genlab.nn.rbm import RBM, pseudo_log_likelihood
-from genlab.rbm_sklearn import GenlabBernoulliRBM
+from genlab.tools.rbm_sklearn import GenlabBernoulliRBM
 
 
 def machine_info(threads: int | None) -> dict:

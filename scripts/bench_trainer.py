@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from genlab.core.recipe import load_recipe
+from genlab.core.registry import get_dataset, get_family
 from genlab.data.sampler import IndexSampler
-from genlab.optim import build_optimizer, build_scheduler
-from genlab.recipe import load_recipe
-from genlab.registry import get_dataset, get_family
-from genlab.trainer import Trainer, seed_everything
+from genlab.engine.trainer import Trainer, seed_everything
+from genlab.nn.optim import build_optimizer, build_scheduler
 
 
 def _overrides(steps: int) -> list[str]:

@@ -14,8 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from genlab.recipe import load_recipe
-from genlab.trainer import Trainer
+from genlab.core.recipe import load_recipe
+from genlab.engine.trainer import Trainer
 
 
 def main() -> None:

@@ -10,7 +10,7 @@
 
 Every classifier is built the way a user builds one: `recipes/lesion_brain_binary.yaml` (lesion
 vs healthy on hard-mode slices; `--recipe recipes/lesion_brain.yaml` for the 4 syndromes) loaded
-with `--set` overrides through genlab.recipe.load_recipe and trained by the shared Trainer, in
+with `--set` overrides through genlab.core.recipe.load_recipe and trained by the shared Trainer, in
 this process. `scratch` is the recipe's own backbone (vgg_sep, stride-2 stem) from random weights; the other initialisations are `--set model.init=<run>/export` with the
 exported encoder as the backbone and a new linear head:
 
@@ -97,8 +97,8 @@ def overrides(args, init: str, n: int, seed: int, encoders: dict[str, Path]) -> 
 
 
 def train_encoders(out_root: Path) -> dict[str, Path]:
-    from genlab.recipe import load_recipe
-    from genlab.trainer import Trainer
+    from genlab.core.recipe import load_recipe
+    from genlab.engine.trainer import Trainer
 
     dbn = ROOT / "recipes" / "dbn_brain.yaml"
     recipes = {"dae": ROOT / "recipes" / "dae_brain.yaml", "gan": ROOT / "recipes" / "gan_brain.yaml",
@@ -114,8 +114,8 @@ def train_encoders(out_root: Path) -> dict[str, Path]:
 
 
 def run_one(args, init: str, n: int, seed: int, encoders: dict[str, Path]) -> dict:
-    from genlab.recipe import load_recipe
-    from genlab.trainer import Trainer
+    from genlab.core.recipe import load_recipe
+    from genlab.engine.trainer import Trainer
 
     ov = overrides(args, init, n, seed, encoders)
     t0 = time.perf_counter()
@@ -130,7 +130,7 @@ def run_one(args, init: str, n: int, seed: int, encoders: dict[str, Path]) -> di
 
 
 def _recipe(path: Path):
-    from genlab.recipe import load_recipe
+    from genlab.core.recipe import load_recipe
 
     return load_recipe(path)
 
@@ -336,7 +336,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT))
-    from genlab import registry
+    from genlab.core import registry
 
     registry.load_all()
     encoders: dict[str, Path] = {}

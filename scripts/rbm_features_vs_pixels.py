@@ -211,8 +211,8 @@ def cross_validate(repeats: int, only: list[str] | None, protocol: str = "plain"
 def score_run(run_dir: str) -> dict:
     """One run's exported encoder on its own split: C on val, accuracy on test."""
     from genlab import load_encoder
-    from genlab.recipe import load_recipe
-    from genlab.registry import get_dataset
+    from genlab.core.recipe import load_recipe
+    from genlab.core.registry import get_dataset
 
     rec = load_recipe(f"{run_dir}/recipe.yaml")
     data = get_dataset(rec.data_name)(rec.data, rec.seed, "cpu")

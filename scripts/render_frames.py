@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--title", default=None)
     args = ap.parse_args()
 
-    from genlab.render import save_png, side_by_side
+    from genlab.viz.render import save_png, side_by_side
 
     frames = load_frames(args.run_dir, args.tag)
     chosen = [min(frames, key=lambda s: abs(s - int(w))) for w in args.steps.split(",")]

@@ -28,8 +28,8 @@ def tiny_brain_recipe(steps: int = 6) -> dict:
 
 def tiny_brain_run(tmp_path_factory) -> Path:
     """The run folder of a trained tiny brain classifier (trained on first use per session)."""
-    from genlab.recipe import from_mapping
-    from genlab.trainer import Trainer
+    from genlab.core.recipe import from_mapping
+    from genlab.engine.trainer import Trainer
 
     root = tmp_path_factory.getbasetemp() / "serve_tiny_runs"
     done = root / ".trained"

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from genlab.core.errors import DataError
+from genlab.core.registry import DATASETS
 from genlab.data import brain
 from genlab.data.base import DataSource
 from genlab.data.brain import SYNDROMES, BrainData, BrainFactory, write_image_folder
-from genlab.errors import DataError
-from genlab.registry import DATASETS
 
 H, W = 128, 96
 
@@ -220,8 +220,8 @@ def test_data_source_contract():
 
 
 def test_downscaled_source_is_the_area_average_of_the_full_images():
-    from genlab.errors import RecipeError
-    from genlab.recipe import from_mapping
+    from genlab.core.errors import RecipeError
+    from genlab.core.recipe import from_mapping
 
     full = BrainData(BrainData.Config(val_size=12), seed=1)
     half = BrainData(BrainData.Config(val_size=12, size=[64, 48]), seed=1)

@@ -13,16 +13,16 @@ import torch
 from conftest import TINY_FAMILIES, tiny_recipe
 from PIL import Image
 
-from genlab import registry
 from genlab.cli import main
+from genlab.core import registry
+from genlab.core.errors import CheckpointError, GenlabError, RecipeError
+from genlab.core.recipe import from_mapping
+from genlab.core.schema import build
 from genlab.data.base import DataInfo
 from genlab.data.subset import LabelSubset, labelled_mask, subset_indices
-from genlab.errors import CheckpointError, GenlabError, RecipeError
+from genlab.engine.trainer import Trainer
 from genlab.families.classifier import Classifier, ClassifierConfig, load_bundle_weights
 from genlab.nn.backbones import BACKBONES, build_backbone, clahe
-from genlab.recipe import from_mapping
-from genlab.schema import build
-from genlab.trainer import Trainer
 
 registry.load_all()
 CONV = [b for b in BACKBONES if b != "encoder"]
@@ -131,8 +131,8 @@ def test_every_exported_encoder_loads_with_a_report(family, bundles, runs, capsy
 
 def test_sigmoid_mlp_bundle_loads(tmp_path, monkeypatch):
     """A DBN-style encoder (Linear + Sigmoid stack), exported without the DBN family."""
-    from genlab.export import save_encoder
     from genlab.families.base import EncoderSpec
+    from genlab.families.export import save_encoder
     from genlab.nn import ENCODER_BUILDERS
     from genlab.nn.dbn import sigmoid_mlp
 

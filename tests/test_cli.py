@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genlab import registry
 from genlab.cli import main
+from genlab.core import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))

@@ -7,10 +7,11 @@ import pytest
 import torch
 from conftest import TINY_FAMILIES, tiny_recipe
 
-from genlab import load_encoder, registry
-from genlab.checkpoint import safe_load
-from genlab.recipe import from_mapping
-from genlab.trainer import Trainer
+from genlab import load_encoder
+from genlab.core import registry
+from genlab.core.recipe import from_mapping
+from genlab.engine.checkpoints import safe_load
+from genlab.engine.trainer import Trainer
 
 registry.load_all()
 PUBLIC = sorted(n for n in registry.FAMILIES if not n.startswith("_"))

@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from genlab import schema
+from genlab.core import schema
+from genlab.core.errors import DataError, RecipeError
+from genlab.core.registry import DATASETS
 from genlab.data.base import SPLITS, DataSource
 from genlab.data.corrupt import Corruption, corrupt
 from genlab.data.digits import DigitsData
 from genlab.data.folders import FolderData
 from genlab.data.sampler import IndexSampler, eval_batches, stratified_split
 from genlab.data.torchvision_sets import FashionMNISTData, MNISTData
-from genlab.errors import DataError, RecipeError
-from genlab.registry import DATASETS
 
 
 def _all(src, split):

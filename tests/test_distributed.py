@@ -14,11 +14,11 @@ import torch
 import yaml
 from conftest import tiny_recipe
 
-from genlab import checkpoint as ckpt
 from genlab.cli import main
+from genlab.core.recipe import from_mapping
 from genlab.data.sampler import IndexSampler
-from genlab.recipe import from_mapping
-from genlab.trainer import Trainer
+from genlab.engine import checkpoints as ckpt
+from genlab.engine.trainer import Trainer
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
@@ -62,7 +62,7 @@ def test_rank_batches_together_are_the_single_process_batch():
 
 
 def test_gradients_become_views_of_one_persistent_bucket():
-    from genlab.distributed import Dist
+    from genlab.engine.distributed import Dist
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))

@@ -9,14 +9,14 @@ import torch
 from conftest import tiny_recipe
 from torch import nn
 
-from genlab import checkpoint as ckpt
 from genlab.cli import main
+from genlab.core.errors import RecipeError
+from genlab.core.recipe import from_mapping
 from genlab.data.maze_source import TEST_SEED0, VAL_SEED0, MazeData, MazeDataConfig
+from genlab.engine import checkpoints as ckpt
+from genlab.engine.trainer import Trainer
 from genlab.envs.maze import MazeConfig, parse_layout
-from genlab.errors import RecipeError
 from genlab.families.dqn import DQN, Replay, nstep_transitions, pack_obs, td_target, unpack_obs
-from genlab.recipe import from_mapping
-from genlab.trainer import Trainer
 
 # Mouse at (1, 1) facing east; food at (1, 3) and (3, 5); a shock at (3, 3).
 HAND = """

@@ -13,9 +13,9 @@ from conftest import tiny_recipe
 from serve_helpers import tiny_brain_run
 
 from genlab.cli import main
-from genlab.export_formats import PARITY_TOL, load_classifier
-from genlab.recipe import from_mapping
-from genlab.trainer import Trainer
+from genlab.core.recipe import from_mapping
+from genlab.engine.trainer import Trainer
+from genlab.tools.export_formats import PARITY_TOL, load_classifier
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX export needs the [serve] extra")
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the [serve] extra")
@@ -43,7 +43,7 @@ def _classifier_and_images(run_dir, n=5):
     """The run's classifier as `genlab predict` loads it, and test images it has not seen in the
     export's parity check (a different count: the batch dimension is free)."""
     import genlab.cli  # noqa: F401
-    from genlab.cli_classifier import LoadedRun
+    from genlab.cli.classifier import LoadedRun
 
     run = LoadedRun(run_dir, need_data=True)
     x = run.data.get("test", torch.arange(10, 10 + n))["x"]
@@ -118,7 +118,7 @@ def test_encoder_exports_match(dae_run, fmt, tmp_path, capsys):
 
 
 def test_failed_parity_check_removes_the_file(cls_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("genlab.export_formats.PARITY_TOL", -1.0)  # nothing can pass
+    monkeypatch.setattr("genlab.tools.export_formats.PARITY_TOL", -1.0)  # nothing can pass
     assert main(["export", str(cls_run), "--format", "onnx", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "parity check failed" in err and "file removed" in err

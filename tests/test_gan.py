@@ -10,10 +10,13 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from genlab import gen_metrics, load_encoder
+from genlab import load_encoder
 from genlab.cli import main
-from genlab.errors import RecipeError
+from genlab.core.errors import RecipeError
+from genlab.core.recipe import from_mapping
+from genlab.engine.trainer import Trainer
 from genlab.families.gan import GAN, ema_beta, gradient_penalty, mode_seeking_ratio
+from genlab.metrics import generative as gen_metrics
 from genlab.nn.gan_blocks import (
     DiscHead,
     DiscTrunk,
@@ -22,8 +25,6 @@ from genlab.nn.gan_blocks import (
     gan_widths,
     load_generator,
 )
-from genlab.recipe import from_mapping
-from genlab.trainer import Trainer
 
 
 def _recipe(steps=6, model=None, **train):

@@ -1,4 +1,4 @@
-"""genlab.gradcam: maps land on the region that decides the class; the model is left alone."""
+"""genlab.metrics.gradcam: maps land on the region that decides the class; the model is left alone."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from genlab.gradcam import (
+from genlab.metrics.gradcam import (
     GradCAM,
     cam_mass_baseline,
     cam_mass_in_mask,
@@ -276,7 +276,7 @@ def test_gradcam_module_does_not_import_families():
     import ast
     import inspect
 
-    import genlab.gradcam as G
+    import genlab.metrics.gradcam as G
 
     tree = ast.parse(inspect.getsource(G))
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]

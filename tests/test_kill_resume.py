@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from genlab.checkpoint import list_step_checkpoints, safe_load
 from genlab.cli import main
+from genlab.engine.checkpoints import list_step_checkpoints, safe_load
 
 RECIPE = """family: dae
 seed: 3

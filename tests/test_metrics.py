@@ -1,4 +1,4 @@
-"""genlab.metrics against hand-computed values and scikit-learn."""
+"""genlab.metrics.classification against hand-computed values and scikit-learn."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from genlab import metrics as M
+from genlab.metrics import classification as M
 
 NAN = float("nan")
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from genlab.errors import GenlabError
-from genlab.optim import lr_factor
-from genlab.recipe import TrainConfig, from_mapping
-from genlab.trainer import Trainer, select_device
+from genlab.core.errors import GenlabError
+from genlab.core.recipe import TrainConfig, from_mapping
+from genlab.engine.trainer import Trainer, select_device
+from genlab.nn.optim import lr_factor
 
 
 def _tc(**kw):

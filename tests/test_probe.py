@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import tiny_recipe
 
-from genlab import registry
 from genlab.cli import main
-from genlab.probe import fit, fit_temperature
-from genlab.recipe import from_mapping
-from genlab.trainer import Trainer
+from genlab.core import registry
+from genlab.core.recipe import from_mapping
+from genlab.engine.trainer import Trainer
+from genlab.tools.probe import fit, fit_temperature
 
 registry.load_all()
 

@@ -1,4 +1,4 @@
-"""Maths tests for genlab.nn.rbm / genlab.nn.dbn and the scikit-learn wrapper genlab.rbm_sklearn."""
+"""Maths tests for genlab.nn.rbm / genlab.nn.dbn and the scikit-learn wrapper genlab.tools.rbm_sklearn."""
 from __future__ import annotations
 
 import itertools
@@ -21,7 +21,7 @@ from genlab.nn.rbm import (
     momentum_at,
     pseudo_log_likelihood,
 )
-from genlab.rbm_sklearn import GenlabBernoulliRBM
+from genlab.tools.rbm_sklearn import GenlabBernoulliRBM
 
 
 @pytest.fixture(scope="module", autouse=True)

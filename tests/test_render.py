@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genlab.render import (
+from genlab.viz.render import (
     feature_maps,
     image_grid,
     save_png,

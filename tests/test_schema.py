@@ -9,8 +9,8 @@ from typing import Any, Literal, Optional
 import pytest
 import yaml
 
-from genlab.errors import RecipeError
-from genlab.schema import (
+from genlab.core.errors import RecipeError
+from genlab.core.schema import (
     apply_overrides,
     blame,
     build,

@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from serve_helpers import start_server, tiny_brain_run
 
 from genlab.cli import main
-from genlab.cli_serve import check_binding, is_loopback
-from genlab.errors import GenlabError
+from genlab.cli.serve import check_binding, is_loopback
+from genlab.core.errors import GenlabError
 from genlab.serve import create_app
 
 TOKEN = "s3cret-token-for-the-tests-0123456789"
@@ -87,7 +87,7 @@ def test_page_docs_and_schema(client):
 def test_predict_multipart_matches_genlab_predict(client, run_dir, brain_pngs):
     """The server's answer is `genlab predict`'s: same preprocessing, probabilities, lesion call."""
     import genlab.cli  # noqa: F401
-    from genlab.cli_classifier import LoadedRun
+    from genlab.cli.classifier import LoadedRun
 
     files = [("files", (p.name, p.read_bytes(), "image/png")) for p in brain_pngs]
     r = client.post("/v1/predict", files=files)

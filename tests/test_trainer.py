@@ -8,13 +8,13 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from genlab import checkpoint as ckpt
-from genlab.errors import NonFiniteLossError
+from genlab.core.errors import NonFiniteLossError
+from genlab.core.recipe import from_mapping
+from genlab.core.registry import FAMILIES, register_family
+from genlab.core.schema import param
+from genlab.engine import checkpoints as ckpt
+from genlab.engine.trainer import Trainer
 from genlab.families.base import Family
-from genlab.recipe import from_mapping
-from genlab.registry import FAMILIES, register_family
-from genlab.schema import param
-from genlab.trainer import Trainer
 
 
 def _train(mapping, runs, **kw):
@@ -156,7 +156,7 @@ def teardown_module(module):
 
 
 def test_ctrl_c_between_steps_saves_a_checkpoint_and_mid_step_does_not(runs):
-    from genlab.errors import GenlabError
+    from genlab.core.errors import GenlabError
 
     t = Trainer(from_mapping(tiny_recipe("ae", steps=12)), out_root=runs, quiet=True)
     real_render = t.render

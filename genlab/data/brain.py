@@ -44,10 +44,10 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
+from genlab.core.errors import DataError
+from genlab.core.registry import register_dataset
+from genlab.core.schema import param
 from genlab.data.base import SPLITS, DataInfo
-from genlab.errors import DataError
-from genlab.registry import register_dataset
-from genlab.schema import param
 
 SYNDROMES = ("A", "B", "C", "Z")  # label = position; Z is the healthy patient
 LESION_CLASSES = ("healthy", "lesion")

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from genlab.schema import param
+from genlab.core.schema import param
 
 KINDS = ("none", "gaussian", "masking", "salt_pepper")
 CorruptionKind = Literal["none", "gaussian", "masking", "salt_pepper"]

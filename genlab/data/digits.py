@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from genlab.core.registry import register_dataset
+from genlab.core.schema import param
 from genlab.data.base import DataInfo, TensorSplits
 from genlab.data.sampler import stratified_split
-from genlab.registry import register_dataset
-from genlab.schema import param
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from genlab.core.errors import DataError
+from genlab.core.registry import register_dataset
+from genlab.core.schema import param
 from genlab.data.base import SPLITS, DataInfo, check_split
 from genlab.data.digits import check_fractions
 from genlab.data.sampler import stratified_split
-from genlab.errors import DataError
-from genlab.registry import register_dataset
-from genlab.schema import param
 
 log = logging.getLogger(__name__)
 

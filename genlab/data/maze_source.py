@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genlab.core.registry import register_dataset
+from genlab.core.schema import param
 from genlab.data.base import SPLITS, DataInfo
 from genlab.envs.maze import CHANNELS, Layout, MazeConfig, MazeError, generate_layout, parse_layout
-from genlab.registry import register_dataset
-from genlab.schema import param
 
 _SEED_P = 2**31 - 1  # the training stream's maze seeds lie in [0, _SEED_P)
 VAL_SEED0 = 2**40
@@ -141,7 +141,7 @@ class MazeData:
             try:
                 layout = parse_layout(text)
             except MazeError as e:
-                from genlab.errors import RecipeError
+                from genlab.core.errors import RecipeError
 
                 raise RecipeError("data.layout", f"{cfg.layout}: {e}") from None
         self.task = MazeTask(cfg.env, layout, text, cfg.train_mazes, seed)

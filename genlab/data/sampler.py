@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
-from genlab.errors import DataError
+from genlab.core.errors import DataError
 
 
 def derive_seed(*parts: object) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from genlab.errors import DataError
+from genlab.core.errors import DataError
 
 _M1 = -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
 _M2 = -7723592293110705685  # 0x94D049BB133111EB as int64

@@ -17,11 +17,11 @@ from typing import ClassVar
 
 import torch
 
+from genlab.core.errors import DataError
+from genlab.core.registry import register_dataset
+from genlab.core.schema import param
 from genlab.data.base import SPLITS, DataInfo, TensorSplits
 from genlab.data.sampler import stratified_split
-from genlab.errors import DataError
-from genlab.registry import register_dataset
-from genlab.schema import param
 
 RAW_FILES = (
     "train-images-idx3-ubyte",

@@ -71,7 +71,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from genlab.errors import GenlabError
+from genlab.core.errors import GenlabError
 
 __all__ = [
     "ACTIONS",

@@ -13,15 +13,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from genlab.core.registry import register_family
+from genlab.core.schema import param
 from genlab.data.base import DataInfo
 from genlab.data.corrupt import Corruption
 from genlab.families.base import EncoderSpec, Family, StepContext
-from genlab.metrics import psnr
+from genlab.metrics.classification import psnr
 from genlab.nn.blocks import ConvDecoder, ConvEncoder, DenseDecoder, DenseEncoder, first_layer
-from genlab.optim import build_optimizer
-from genlab.registry import register_family
-from genlab.render import feature_maps, tile_kernels, tile_weights, triplets
-from genlab.schema import param
+from genlab.nn.optim import build_optimizer
+from genlab.viz.render import feature_maps, tile_kernels, tile_weights, triplets
 
 
 @dataclass
@@ -65,6 +65,7 @@ class DAEConfig(AEConfig):
 @register_family("ae")
 class Autoencoder(Family):
     """Feature autoencoder: image -> bottleneck code -> image (dense or conv)."""
+    capabilities = frozenset({"encode"})
 
     Config = AEConfig
     monitor = ("loss", "min")

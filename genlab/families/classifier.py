@@ -39,15 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.core.errors import CheckpointError, RecipeError
+from genlab.core.registry import register_family
+from genlab.core.schema import param
 from genlab.data.base import DataInfo
 from genlab.data.subset import LabelSubset, labelled_mask
-from genlab.errors import CheckpointError, RecipeError
 from genlab.families.base import EncoderSpec, Family, StepContext
 from genlab.nn.backbones import BACKBONES, build_backbone
 from genlab.nn.blocks import first_layer
-from genlab.optim import build_optimizer
-from genlab.registry import register_family
-from genlab.schema import param
+from genlab.nn.optim import build_optimizer
 
 # class names (case-insensitive) taken as "no lesion" when negative_classes is not given
 NEGATIVE_NAMES = ("z", "healthy", "normal", "benign", "negative", "no_lesion", "nolesion", "none")
@@ -144,7 +144,7 @@ class ClassifierConfig:
 # ----------------------------------------------------------------------------- bundle loading
 def _bundle_for_data(path: Path, in_shape: list[int], allow: bool) -> tuple[dict, Path, dict, list[str]]:
     """(meta, weights path, builder config for `in_shape`, notes)."""
-    from genlab.export import read_bundle_meta
+    from genlab.families.export import read_bundle_meta
 
     meta, weights = read_bundle_meta(Path(path))
     config, notes = dict(meta.get("config", {})), []
@@ -226,6 +226,7 @@ def resolve_negative(given: list[str] | None, class_names: tuple[str, ...]) -> l
 @register_family("classifier")
 class Classifier(Family):
     """Image classifier: a conv backbone (or an exported encoder) and a linear head."""
+    capabilities = frozenset({"classify", "encode"})
 
     Config = ClassifierConfig
     monitor = ("loss", "min")
@@ -404,7 +405,7 @@ class Classifier(Family):
 
     def gradcam(self, x: torch.Tensor, class_idx=None) -> torch.Tensor:
         """(B, H, W) Grad-CAM maps in [0, 1] at the backbone's conv trunk (call in eval mode)."""
-        from genlab.gradcam import GradCAM
+        from genlab.metrics.gradcam import GradCAM
 
         with GradCAM(self, self.backbone.cam_layer) as cam:
             return cam(x, class_idx)
@@ -423,7 +424,7 @@ class Classifier(Family):
 
     def _localisation(self, x, mask, pred, y) -> dict[str, torch.Tensor]:
         """Per-image Grad-CAM scores against the lesion mask (NaN for images without a lesion)."""
-        from genlab.gradcam import localisation_scores
+        from genlab.metrics.gradcam import localisation_scores
 
         cams = self.gradcam(x, pred).cpu()
         m = mask[:, 0].bool().cpu()
@@ -439,8 +440,8 @@ class Classifier(Family):
                 "cam_correct": (pred == y).float()}
 
     def report(self, probs: torch.Tensor, y: torch.Tensor) -> dict:
-        """genlab.metrics.classification_report for these predictions, with the lesion block."""
-        from genlab.metrics import classification_report
+        """genlab.metrics.classification.classification_report for these predictions, with the lesion block."""
+        from genlab.metrics.classification import classification_report
 
         k = probs.shape[1]
         positive = [i for i in range(k) if i not in self.negative] if self.negative else None
@@ -474,8 +475,8 @@ class Classifier(Family):
 
     @torch.no_grad()
     def renders(self, batch):
-        from genlab.metrics import confusion_matrix, plot_confusion_matrix
-        from genlab.render import image_grid, tile_kernels, tile_weights, to_rgb
+        from genlab.metrics.classification import confusion_matrix, plot_confusion_matrix
+        from genlab.viz.render import image_grid, tile_kernels, tile_weights, to_rgb
 
         out = {}
         layer = first_layer(self.backbone)
@@ -485,7 +486,7 @@ class Classifier(Family):
             out["filters"] = tile_weights(layer.weight, self.info.input_shape, max_tiles=64)
         x = batch["x"]
         if self.can_explain:
-            from genlab.gradcam import overlay
+            from genlab.metrics.gradcam import overlay
 
             xs = x[:8]
             cams = self.gradcam(xs).cpu()

@@ -50,16 +50,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab import distributed
+from genlab.core.errors import RecipeError
+from genlab.core.registry import register_family
+from genlab.core.schema import param
 from genlab.data.base import DataInfo
 from genlab.data.sampler import derive_seed
+from genlab.engine import distributed
 from genlab.envs.batched import BatchedMaze
 from genlab.envs.maze import CHANNELS, Layout, MouseMazeEnv
-from genlab.errors import RecipeError
 from genlab.families.base import Family, StepContext
-from genlab.optim import build_optimizer
-from genlab.registry import register_family
-from genlab.schema import param
+from genlab.nn.optim import build_optimizer
 
 _STATS = 100  # finished training episodes kept for charts/episodic_return
 
@@ -413,6 +413,7 @@ class EnvState(nn.Module):
 @register_family("dqn")
 class DQN(Family):
     """Deep Q-network for the mouse maze: Double DQN, dueling head, n-step returns, replay on the device."""
+    capabilities = frozenset({"act"})
 
     Config = DQNConfig
     monitor = ("charts/optimal_ratio", "max")
@@ -662,7 +663,7 @@ class DQN(Family):
 # -- render helpers ----------------------------------------------------------------------------
 def frame_strip(frames: list[np.ndarray], max_frames: int = 32, per_row: int = 8) -> torch.Tensor:
     """(3, H, W) grid of up to `max_frames` frames (evenly subsampled, first and last kept)."""
-    from genlab.render import image_grid
+    from genlab.viz.render import image_grid
 
     if len(frames) > max_frames:
         keep = np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int))
@@ -682,7 +683,7 @@ def q_heatmap(qmap: torch.Tensor, layout: Layout, cell_px: int = 8) -> torch.Ten
     """(3, H', W'): the maze, then max over headings of max_a Q, then one panel per heading
     (N, E, S, W); one colour scale for all panels (viridis, low = dark); walls dark grey,
     food cells green, shock cells red."""
-    from genlab.render import _grid
+    from genlab.viz.render import _grid
 
     panels = [qmap.nan_to_num(float("-inf")).max(0).values, *qmap]
     finite = qmap[torch.isfinite(qmap)]

@@ -39,15 +39,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from genlab import gen_metrics
+from genlab.core.errors import RecipeError
+from genlab.core.registry import register_family
+from genlab.core.schema import param
 from genlab.data.base import DataInfo
-from genlab.errors import RecipeError
 from genlab.families.base import EncoderSpec, Family, StepContext
+from genlab.metrics import generative as gen_metrics
 from genlab.nn.gan_blocks import Discriminator, DiscTrunk, Generator, gan_widths, save_generator
-from genlab.optim import build_optimizer
-from genlab.registry import register_family
-from genlab.render import image_grid, tile_kernels
-from genlab.schema import param
+from genlab.nn.optim import build_optimizer
+from genlab.viz.render import image_grid, tile_kernels
 
 FIXED_NOISE_SEED = 1234  # the render grid's noise: the same at every render of every run
 D_WINS_LOSS, D_WINS_STEPS = 0.05, 200  # warn when the D loss stays below this for this many steps
@@ -145,6 +145,7 @@ def random_conv_judge(in_shape, seed: int = 0) -> DiscTrunk:
 @register_family("gan")
 class GAN(Family):
     """GAN: DCGAN-style G and D (ns / hinge / wgan-gp), EMA generator, FD + precision/recall."""
+    capabilities = frozenset({"sample", "encode"})
 
     Config = GANConfig
 
@@ -177,7 +178,7 @@ class GAN(Family):
     def _build_judge(path: Path | None, info: DataInfo):
         if path is None:
             return "random_conv", random_conv_judge(info.input_shape)
-        from genlab.export import load_encoder
+        from genlab.families.export import load_encoder
 
         net = load_encoder(path).requires_grad_(False)
         meta = net.bundle_meta

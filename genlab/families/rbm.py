@@ -65,15 +65,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from genlab import distributed
+from genlab.core.registry import register_family
+from genlab.core.schema import param
 from genlab.data.base import DataInfo
 from genlab.families.base import EncoderSpec, Family, StepContext
 from genlab.nn.dbn import DBNStack
+from genlab.nn.optim import build_optimizer
 from genlab.nn.rbm import ais_log_partition, momentum_at, pseudo_log_likelihood
-from genlab.optim import build_optimizer
-from genlab.registry import register_family
-from genlab.render import image_grid, tile_weights, triplets
-from genlab.schema import param
+from genlab.viz.render import image_grid, tile_weights, triplets
 
 
 @dataclass
@@ -189,6 +188,7 @@ def phase_ends(weights: list[float], total: int) -> list[int]:
 @register_family("rbm")
 class RBMFamily(Family):
     """A single RBM (Bernoulli or Gaussian visible units) trained by CD-k / PCD-k."""
+    capabilities = frozenset({"encode", "sample"})
 
     Config = RBMConfig
     monitor = ("loss", "min")
@@ -272,7 +272,7 @@ class RBMFamily(Family):
         self._cache_train(v)
         if self.cfg.center and int(self.steps_done) == 0:
             with torch.no_grad():
-                self.v_offset.copy_(distributed.all_gather_cat(v).mean(0))  # DDP: the global batch
+                self.v_offset.copy_(ctx.all_gather_cat(v).mean(0))  # DDP: the global batch
         self.steps_done += 1
         p = self.phase(ctx.step)
         if p == self.L:
@@ -283,7 +283,7 @@ class RBMFamily(Family):
                 v = torch.bernoulli(v)
             v = self.stack.up(self._centered(v), upto=p)  # (B, sizes[p]): probabilities below
             if not self.bias_done[p] and cfg.init_visible_bias:
-                rbm.init_visible_bias(distributed.all_gather_cat(v))  # DDP: the global batch
+                rbm.init_visible_bias(ctx.all_gather_cat(v))  # DDP: the global batch
             self.bias_done[p] = True
             v_neg = rbm.negative_phase(v, cfg.k, cfg.persistent)
             recon = rbm.reconstruction_error(v)
@@ -362,9 +362,12 @@ class RBMFamily(Family):
         return h + self.v_offset if self.cfg.center else h
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, top: int | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               labels: torch.Tensor | None = None, top: int | None = None) -> torch.Tensor:
         """n images: a Gibbs chain in RBM `top` (default: the last) from random states, then the
-        mean-field down pass. (n, C, H, W)."""
+        mean-field down pass. (n, C, H, W). The model is unconditional: `labels` must be None."""
+        if labels is not None:
+            raise ValueError("an RBM/DBN samples unconditionally: it takes no labels")
         top = self.L - 1 if top is None else top
         rbm = self.stack.layers[top]
         dev = rbm.W.device

@@ -1,7 +1,7 @@
 """Reusable blocks and the encoder builders an exported bundle names.
 
 `ENCODER_BUILDERS[name](**config)` rebuilds an exported encoder with no access to the
-family or the recipe that trained it (see genlab.export).
+family or the recipe that trained it (see genlab.families.export).
 """
 from __future__ import annotations
 

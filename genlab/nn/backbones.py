@@ -236,7 +236,7 @@ def _load_imagenet_resnet18(net: nn.Module) -> None:
     """ImageNet weights from the torch hub cache only: genlab never downloads anything."""
     from torchvision.models import ResNet18_Weights
 
-    from genlab.errors import GenlabError
+    from genlab.core.errors import GenlabError
 
     weights = ResNet18_Weights.IMAGENET1K_V1
     fname = weights.url.rsplit("/", 1)[-1]

@@ -5,7 +5,7 @@ The answer for an image is the family's own: probabilities = `Classifier.predict
 (softmax of the logits, without gradients), P(lesion) = `Classifier.lesion_probability`
 (1 - P(negative classes)), a lesion call at or above `model.lesion_threshold` — exactly what
 `genlab predict` prints. A Grad-CAM overlay (the predicted class, `Classifier.gradcam` and
-`genlab.gradcam.overlay`) is drawn only for images that ask for one; it is the one place that
+`genlab.metrics.gradcam.overlay`) is drawn only for images that ask for one; it is the one place that
 takes gradients (with respect to the input; no parameter's .grad is touched).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _clean(v):
 class ServedModel:
     def __init__(self, run_dir: Path, device: str = "cpu", checkpoint: str = "best"):
         import genlab.cli  # noqa: F401  (cli_classifier imports cli first)
-        from genlab.cli_classifier import LoadedRun
+        from genlab.cli.classifier import LoadedRun
 
         self.run = LoadedRun(Path(run_dir), device, checkpoint)
         self.model = self.run.model.eval()
@@ -105,7 +105,7 @@ class ServedModel:
         want = [i for i, (_, cam) in enumerate(items) if cam]
         overlays: dict[int, str] = {}
         if want and self.model.can_explain:
-            from genlab.gradcam import overlay
+            from genlab.metrics.gradcam import overlay
 
             xs = x[want].clone()
             cams = self.model.gradcam(xs).cpu()

@@ -13,8 +13,8 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import TINY_FAMILIES, tiny_recipe
 
-from genlab.recipe import from_mapping
-from genlab.trainer import Trainer
+from genlab.core.recipe import from_mapping
+from genlab.engine.trainer import Trainer
 
 out = Path(sys.argv[1])
 dist.init_process_group("gloo")  # the trainer reuses the group torchrun's variables describe

@@ -1,9 +1,9 @@
 """A GENLAB_PLUGINS module for tests: the "ae_fails_on_rank1" family is the "ae" family, except
 that rank 1 raises at step 3 while rank 0 carries on into its next collective."""
-from genlab import distributed
-from genlab.errors import GenlabError
+from genlab.core.errors import GenlabError
+from genlab.core.registry import register_family
+from genlab.engine import distributed
 from genlab.families.ae import Autoencoder
-from genlab.registry import register_family
 
 
 @register_family("ae_fails_on_rank1")

@@ -5,7 +5,7 @@ import difflib
 import importlib
 import os
 
-from genlab.errors import GenlabError, RecipeError
+from genlab.core.errors import GenlabError, RecipeError
 
 FAMILIES: dict[str, type] = {}
 DATASETS: dict[str, type] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from genlab.cli import CONTEXT
-from genlab.errors import GenlabError
+from genlab.core.errors import GenlabError
 
 TOKEN_ENV = "GENLAB_API_TOKEN"
 MIN_TOKEN = 16

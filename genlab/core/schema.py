@@ -43,7 +43,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from genlab.errors import RecipeError
+from genlab.core.errors import RecipeError
 
 __all__ = [
     "MISSING",
@@ -275,7 +275,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return _convert_sequence(origin or tp, args, value, key)
     if origin is dict or tp is dict:
         return _convert_dict(args, value, key)
-    raise TypeError(f"genlab.schema: unsupported field type {tp!r} for key {key!r}")
+    raise TypeError(f"genlab.core.schema: unsupported field type {tp!r} for key {key!r}")
 
 
 def _convert_union(args: tuple, value: Any, key: str) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genlab.errors import CheckpointError
+from genlab.core.errors import CheckpointError
 
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from genlab.errors import CheckpointError
+from genlab.core.errors import CheckpointError
 
 BUNDLE_VERSION = 1
 

@@ -4,7 +4,7 @@ frozen encoder features. The command is `genlab probe` (genlab/cli_classifier.py
     run folder -> frozen encoder (its export/ bundle, or a classifier run's best.pt backbone)
                -> features of the run's own data (train / val / report split)
                -> standardise -> [PCA] -> LinearSVC or LogisticRegression
-               -> class probabilities -> genlab.metrics.classification_report
+               -> class probabilities -> genlab.metrics.classification.classification_report
 
 Features: the encoder's output vector (the exported code), or with `pool` the global mean or
 max of its last convolutional feature map, (B, C, h, w) -> (B, C) — the Grad-CAM layer of a
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genlab.errors import GenlabError
+from genlab.core.errors import GenlabError
 
 DEFAULT_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 CLASSIFIERS = ("svm", "logreg")
@@ -63,11 +63,11 @@ def load_source(run_dir: Path, device: torch.device, checkpoint: str = "best",
     A classifier run gives its backbone with the weights `genlab eval` uses (best.pt, or the
     newest step checkpoint); any other run gives its exported encoder bundle (export/).
     """
-    from genlab.export import read_bundle_meta
+    from genlab.core.recipe import load_recipe
+    from genlab.core.registry import get_dataset
     from genlab.families.classifier import resolve_negative
+    from genlab.families.export import read_bundle_meta
     from genlab.nn.backbones import build_backbone
-    from genlab.recipe import load_recipe
-    from genlab.registry import get_dataset
 
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file():
@@ -75,7 +75,7 @@ def load_source(run_dir: Path, device: torch.device, checkpoint: str = "best",
                           f"run that exported an encoder (export/) or a classifier run")
     overrides = [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
     if load_recipe(run_dir / "recipe.yaml").family == "classifier":
-        from genlab.cli_classifier import LoadedRun
+        from genlab.cli.classifier import LoadedRun
 
         run = LoadedRun(run_dir, str(device), checkpoint, need_data=True, data_overrides=data_overrides)
         return ProbeSource(run_dir, run.recipe, run.data, run.info, run.model.backbone.eval(),

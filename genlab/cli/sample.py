@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from genlab.cli import CONTEXT
-from genlab.errors import GenlabError
+from genlab.core.errors import GenlabError
 
 
 def sample_run(run_dir: Path, n: int, out: Path, class_name: str | None = None, seed: int = 0,
@@ -18,9 +18,9 @@ def sample_run(run_dir: Path, n: int, out: Path, class_name: str | None = None, 
     """Write an n-image grid from the run's generator to `out` (PNG); returns `out`."""
     import torch
 
-    from genlab.recipe import load_recipe
-    from genlab.render import image_grid, save_png
-    from genlab.trainer import Trainer
+    from genlab.core.recipe import load_recipe
+    from genlab.engine.trainer import Trainer
+    from genlab.viz.render import image_grid, save_png
 
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from genlab.errors import GenlabError, RecipeError
+from genlab.core.errors import GenlabError, RecipeError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -58,12 +58,12 @@ def train(recipe, overrides, resume, out, device, tag, quiet, nproc):
       genlab train recipes/dae_brain.yaml --nproc 2
       torchrun --nproc_per_node 8 -m genlab train recipes/dae_brain.yaml   # the same, by hand
     """
-    from genlab.recipe import load_recipe
-    from genlab.trainer import Trainer
+    from genlab.core.recipe import load_recipe
+    from genlab.engine.trainer import Trainer
 
     if nproc > 1:
-        from genlab.distributed import Dist
-        from genlab.launch import launch_torchrun
+        from genlab.engine.distributed import Dist
+        from genlab.engine.launch import launch_torchrun
 
         # Check the recipe here, once, before N processes start (same errors, no launcher noise).
         path = (resume / "recipe.yaml") if resume is not None else recipe
@@ -137,7 +137,7 @@ def data_brain(out, n, mode, seed, split):
               help="bundle: the encoder bundle below. onnx, torchscript, safetensors: the classifier "
                    "(classifier runs, best.pt) or the encoder, any batch size, built on the CPU and "
                    "checked against PyTorch on test images (max |diff| <= 1e-4; see "
-                   "genlab.export_formats). Example: --format onnx")
+                   "genlab.tools.export_formats). Example: --format onnx")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for onnx/torchscript/safetensors files (default RUN_DIR/export). "
                    "Example: --out dist/")
@@ -153,7 +153,7 @@ def export(run_dir, device, fmt, out):
       genlab export runs/lesion_brain/20260101-120000 --format onnx
     """
     if fmt != "bundle":
-        from genlab.export_formats import export_run
+        from genlab.tools.export_formats import export_run
 
         res = export_run(run_dir, fmt, out)
         click.echo(f"exported the {res.kind} (step {res.step}) as {fmt}: "
@@ -164,8 +164,8 @@ def export(run_dir, device, fmt, out):
     if out is not None:
         raise GenlabError("--out applies to --format onnx, torchscript or safetensors; the bundle "
                           "is always RUN_DIR/export/")
-    from genlab.recipe import load_recipe
-    from genlab.trainer import Trainer
+    from genlab.core.recipe import load_recipe
+    from genlab.engine.trainer import Trainer
 
     if not (run_dir / "recipe.yaml").is_file():
         raise GenlabError(f"{run_dir}: not a genlab run folder (no recipe.yaml)")
@@ -194,8 +194,8 @@ def list_(keys, recipes_dir):
       genlab list
       genlab list --keys dae
     """
-    from genlab import registry, schema
-    from genlab.recipe import LogConfig, TrainConfig
+    from genlab.core import registry, schema
+    from genlab.core.recipe import LogConfig, TrainConfig
 
     registry.load_all()
     if keys:
@@ -241,22 +241,22 @@ def _recipe_description(path: Path) -> str:
 
 
 # -- eval, predict, explain (classifier runs) --------------------------------------------------
-from genlab.cli_classifier import register as _register_classifier_commands
+from genlab.cli.classifier import register as _register_classifier_commands
 
 _register_classifier_commands(cli)
 
 # -- sample (generative runs) ------------------------------------------------------------------
-from genlab.cli_gan import register as _register_gan_commands
+from genlab.cli.sample import register as _register_gan_commands
 
 _register_gan_commands(cli)
 
 # -- play (DQN maze runs) ----------------------------------------------------------------------
-from genlab.cli_play import register as _register_play_commands
+from genlab.cli.play import register as _register_play_commands
 
 _register_play_commands(cli)
 
 # -- serve (classifier runs as a REST API) -----------------------------------------------------
-from genlab.cli_serve import register as _register_serve_commands
+from genlab.cli.serve import register as _register_serve_commands
 
 _register_serve_commands(cli)
 

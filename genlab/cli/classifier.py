@@ -24,9 +24,9 @@ from pathlib import Path
 import click
 import torch
 
-from genlab.errors import CheckpointError, GenlabError
-from genlab.metrics import format_report
-from genlab.tracking import write_json
+from genlab.core.errors import CheckpointError, GenlabError
+from genlab.engine.tracking import write_json
+from genlab.metrics.classification import format_report
 
 # as genlab.cli.CONTEXT (not imported: genlab.cli imports this module to register the commands)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -41,11 +41,11 @@ class LoadedRun:
 
     def __init__(self, run_dir: Path, device: str = "cpu", checkpoint: str = "best",
                  need_data: bool = False, data_overrides: tuple[str, ...] = ()):
-        from genlab import checkpoint as ckpt
+        from genlab.core.recipe import load_recipe
+        from genlab.core.registry import get_dataset, get_family
         from genlab.data.base import DataInfo
-        from genlab.recipe import load_recipe
-        from genlab.registry import get_dataset, get_family
-        from genlab.trainer import select_device
+        from genlab.engine import checkpoints as ckpt
+        from genlab.engine.trainer import select_device
 
         run_dir = Path(run_dir)
         if not (run_dir / "recipe.yaml").is_file():
@@ -214,8 +214,8 @@ def write_report(out: Path, report: dict, y: torch.Tensor, probs: torch.Tensor, 
     confusion_matrix.png (rows = actual, columns = predicted), roc.png and, for a multi-class
     lesion task, roc_lesion.png; the figures also go to RUN_DIR's TensorBoard under tb_prefix.
     Returns {name: (H, W, 3) uint8 image}."""
-    from genlab.metrics import plot_confusion_matrix, plot_roc
-    from genlab.tracking import Tracker
+    from genlab.engine.tracking import Tracker
+    from genlab.metrics.classification import plot_confusion_matrix, plot_roc
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,7 +312,7 @@ def explain_cmd(run_dir, images, out, class_name, split, n, checkpoint, device):
       genlab explain runs/lesion_brain/20260101-120000 scan.png --out explain/
       genlab explain runs/lesion_brain/20260101-120000 --split test --n 16 --out explain/
     """
-    from genlab.gradcam import save_gradcam_figure
+    from genlab.metrics.gradcam import save_gradcam_figure
 
     if bool(images) == bool(split):
         raise GenlabError("give IMAGE files or --split SPLIT (not both, not neither)")
@@ -406,9 +406,9 @@ def probe_cmd(run_dir, clf, pca, pool, split, n_train, limit, c_grid, data_overr
     """
     import time
 
-    from genlab import probe
-    from genlab.metrics import classification_report
-    from genlab.trainer import select_device
+    from genlab.engine.trainer import select_device
+    from genlab.metrics.classification import classification_report
+    from genlab.tools import probe
 
     t0 = time.perf_counter()
     src = probe.load_source(run_dir, select_device(device), checkpoint, data_overrides)

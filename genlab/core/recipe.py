@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 import yaml
 
-from genlab import schema
-from genlab.errors import RecipeError
-from genlab.registry import get_dataset, get_family
-from genlab.schema import param
+from genlab.core import schema
+from genlab.core.errors import RecipeError
+from genlab.core.registry import get_dataset, get_family
+from genlab.core.schema import param
 
 
 @dataclass

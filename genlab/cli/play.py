@@ -13,14 +13,14 @@ from pathlib import Path
 
 import click
 
-from genlab.errors import GenlabError
+from genlab.core.errors import GenlabError
 
 
 def load_agent(run_dir: Path, device: str = "cpu", prefer_best: bool = True):
     """(model, which checkpoint) of a DQN run; best.pt's weights when present and asked for."""
-    from genlab.checkpoint import safe_load
-    from genlab.recipe import load_recipe
-    from genlab.trainer import Trainer
+    from genlab.core.recipe import load_recipe
+    from genlab.engine.checkpoints import safe_load
+    from genlab.engine.trainer import Trainer
 
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file():

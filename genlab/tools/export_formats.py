@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from genlab.errors import CheckpointError, GenlabError
+from genlab.core.errors import CheckpointError, GenlabError
 
 FORMATS = ("bundle", "onnx", "torchscript", "safetensors")
 PARITY_TOL = 1e-4
@@ -123,7 +123,7 @@ def _test_images(build, n: int, input_shape, value_range) -> tuple[torch.Tensor,
 
 def _load(run_dir: Path, n: int) -> _Source:
     import genlab
-    from genlab.recipe import load_recipe
+    from genlab.core.recipe import load_recipe
 
     if not (run_dir / "recipe.yaml").is_file():
         raise GenlabError(f"{run_dir}: not a genlab run folder (no recipe.yaml)")
@@ -132,8 +132,8 @@ def _load(run_dir: Path, n: int) -> _Source:
             "run": run_dir.name}
     if rec.family == "classifier":
         import genlab.cli
-        from genlab.cli_classifier import LoadedRun
-        from genlab.registry import get_dataset
+        from genlab.cli.classifier import LoadedRun
+        from genlab.core.registry import get_dataset
 
         run = LoadedRun(run_dir, "cpu")
         model, info = run.model.eval(), run.info
@@ -157,7 +157,7 @@ def _load(run_dir: Path, n: int) -> _Source:
         # the wrappers are put in eval mode: exporters restore the mode they find, recursively
         return _Source("classifier", _ClassifierOutputs(model).eval(), ["logits", "probabilities"], meta,
                        run.step, x, said, tuple(info.input_shape), classifier=model)
-    from genlab.trainer import Trainer
+    from genlab.engine.trainer import Trainer
 
     with contextlib.redirect_stdout(io.StringIO()):
         trainer = Trainer(rec, device="cpu", resume_dir=run_dir, quiet=True)
@@ -321,7 +321,7 @@ def load_classifier(path: str | Path) -> ClassifierNet:
 
 
 def _encoder_safetensors(src: _Source, out: Path) -> tuple[list[Path], float, list[int]]:
-    from genlab.export import load_encoder, save_encoder
+    from genlab.families.export import load_encoder, save_encoder
 
     t = src.trainer
     save_encoder(t.model.encoder_spec(), out, family=t.recipe.family, info=t.data.info,

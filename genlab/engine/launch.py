@@ -2,7 +2,7 @@
 
 torchrun starts N copies of `python -m genlab train ...` with RANK / WORLD_SIZE / LOCAL_RANK and a
 rendezvous on a free local port (`--standalone`); the trainer joins the process group from
-those variables (genlab.distributed). If any process fails, torchrun stops the others and
+those variables (genlab.engine.distributed). If any process fails, torchrun stops the others and
 exits non-zero; this wrapper turns that into one clear error line (the failing rank's own
 message is printed above it). For several machines, call torchrun directly (README: multi-node).
 """
@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from genlab.errors import GenlabError
+from genlab.core.errors import GenlabError
 
 
 def torchrun_command(nproc: int, genlab_args: list[str]) -> list[str]:

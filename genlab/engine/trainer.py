@@ -17,32 +17,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genlab import checkpoint as ckpt
+from genlab.core.devices import select_device
+from genlab.core.errors import GenlabError, NonFiniteLossError
+from genlab.core.recipe import Recipe, save_recipe
+from genlab.core.registry import get_dataset, get_family
 from genlab.data.sampler import IndexSampler, derive_seed, eval_batches
-from genlab.distributed import BATCH_NORMS, Dist, rank_local_buffers, warn_world_change
-from genlab.errors import GenlabError, NonFiniteLossError
-from genlab.export import save_encoder
-from genlab.optim import build_scheduler
-from genlab.recipe import Recipe, save_recipe
-from genlab.registry import get_dataset, get_family
-from genlab.tracking import Tracker, new_run_dir, plot_curves, write_json
+from genlab.engine import checkpoints as ckpt
+from genlab.engine.distributed import (
+    BATCH_NORMS,
+    Dist,
+    all_gather_cat,
+    rank_local_buffers,
+    warn_world_change,
+)
+from genlab.engine.tracking import Tracker, new_run_dir, plot_curves, write_json
+from genlab.families.export import save_encoder
+from genlab.nn.optim import build_scheduler
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def select_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GenlabError("device 'cuda' was asked for but torch sees no CUDA GPU (use --device auto or cpu)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise GenlabError("device 'mps' was asked for but is not available (use --device auto or cpu)")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -69,6 +61,7 @@ class _StepContext:
         self.t = trainer
         self.step = 0
         self.device = trainer.device
+        self.rank, self.world_size = trainer.dist.rank, trainer.dist.world_size
         self.grad_norms: dict[str, torch.Tensor] = {}
         dtype = PRECISIONS[trainer.recipe.train.precision]
         self._autocast_kw = {"device_type": trainer.device.type, "dtype": dtype, "enabled": dtype is not None}
@@ -77,6 +70,9 @@ class _StepContext:
         if not self._autocast_kw["enabled"]:
             return contextlib.nullcontext()
         return torch.autocast(**self._autocast_kw)
+
+    def all_gather_cat(self, t: torch.Tensor) -> torch.Tensor:
+        return all_gather_cat(t)  # the global batch under DDP; t itself for one process
 
     def update(self, name: str, loss: torch.Tensor) -> None:
         opt, scaler = self.t.optimizers[name], self.t.scalers[name]
@@ -138,6 +134,7 @@ class Trainer:
         self.sampler = IndexSampler(n_train, self.rank_batch, recipe.seed,
                                     rank=self.dist.rank, world_size=self.dist.world_size)
         if self.dist.enabled:
+            self.model.set_rank(self.dist.rank, self.dist.world_size)
             # Same init everywhere (seeded alike, and made sure of), then each rank its own random
             # stream for what is rank-local by design: corruption noise, Gibbs chains, exploration.
             self.dist.broadcast_module(self.model)
@@ -306,7 +303,7 @@ class Trainer:
             if self.dist.enabled:
                 sums, collected, count = self._gather_eval(sums, collected, count)
             metrics = {k: (v / max(count, 1)).item() for k, v in sums.items()}
-            if collected and hasattr(self.model, "summarize"):
+            if collected:
                 metrics.update(self.model.summarize({k: torch.cat(v) for k, v in collected.items()}))
         self.model.train()
         return metrics
@@ -339,7 +336,7 @@ class Trainer:
 
     @torch.no_grad()
     def render(self) -> None:
-        from genlab.render import save_png
+        from genlab.viz.render import save_png
 
         if not self.dist.is_main:
             return
@@ -400,7 +397,7 @@ class Trainer:
                 idx = self.sampler.next_batch()
                 # A family that makes its own experience (the DQN) sets uses_train_batches =
                 # False: it gets the indices only, and no examples are built for nothing.
-                batch = (self._batch("train", idx) if getattr(self.model, "uses_train_batches", True)
+                batch = (self._batch("train", idx) if self.model.uses_train_batches
                          else {"index": idx.to(self.device)})
                 self.ctx.step = self.step
                 out = self.model.training_step(batch, self.ctx)
@@ -480,7 +477,7 @@ class Trainer:
         self.tracker.scalars(means, self.step, "train/")
         lrs = {f"lr/{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()}
         charts = {"samples_per_s": sps, **lrs}
-        env_steps = getattr(self.model, "env_steps_per_step", None)  # RL families: env steps/s
+        env_steps = self.model.env_steps_per_step  # RL families: env steps/s
         if env_steps:
             charts["SPS"] = sps / self.recipe.train.batch_size * env_steps
         charts.update({f"grad_norm/{k}": v.item() for k, v in self.ctx.grad_norms.items()})
@@ -576,14 +573,14 @@ class Trainer:
             self.model.load_state_dict(last)
 
     def export(self) -> Path | None:
-        if not hasattr(self.model, "encoder_spec"):
+        if not self.model.can("encode"):
             return None
         return save_encoder(self.model.encoder_spec(), self.run_dir / "export",
                             family=self.recipe.family, info=self.data.info,
                             recipe_name=self.recipe.name, step=self.step)
 
     def _evolution_figures(self) -> None:
-        from genlab.render import save_png, side_by_side
+        from genlab.viz.render import save_png, side_by_side
 
         frames_dir = self.figures / "frames"
         if not frames_dir.is_dir():

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from genlab.errors import GenlabError
+from genlab.core.errors import GenlabError
 
 #: How long a collective may wait for a missing rank before the job fails instead of hanging.
 TIMEOUT_S = int(os.environ.get("GENLAB_DIST_TIMEOUT_S", "600"))
