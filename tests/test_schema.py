@@ -345,6 +345,36 @@ def test_duplicate_key_is_an_error(tmp_path):
     assert info.value.message == "duplicate key at line 4 (first at line 3)"
 
 
+def test_deeply_nested_recipe_is_refused_before_parsing(tmp_path):
+    """A 6 KB file of nested brackets used to end in a RecursionError traceback."""
+    f = tmp_path / "deep.yaml"
+    f.write_text("family: ae\ndescription: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(RecipeError, match="nests lists or mappings deeper than 32 levels"):
+        load_yaml(f)
+    block = "".join("  " * i + f"k{i}:\n" for i in range(40)) + "  " * 40 + "v: 1\n"
+    f.write_text(block)  # block style nests the same way
+    with pytest.raises(RecipeError, match="deeper than 32 levels"):
+        load_yaml(f)
+    ok = "".join("  " * i + f"k{i}:\n" for i in range(10)) + "  " * 10 + "v: 1\n"
+    f.write_text(ok)
+    assert load_yaml(f)["k0"]["k1"]["k2"]
+
+
+def test_deeply_nested_override_is_refused():
+    with pytest.raises(RecipeError) as info:
+        parse_override("description=" + "[" * 3000 + "]" * 3000)
+    assert info.value.where == "--set" and "deeper than 32 levels" in info.value.message
+
+
+def test_oversized_or_irregular_recipe_is_refused(tmp_path):
+    f = tmp_path / "big.yaml"
+    f.write_text("description: [" + ",".join(["1"] * 600_000) + "]\n")  # 1.2 MB
+    with pytest.raises(RecipeError, match="larger than 1024 KiB"):
+        load_yaml(f)
+    with pytest.raises(RecipeError, match="not a regular file"):
+        load_yaml("/dev/zero")
+
+
 # ------------------------------------------------------------------ describe
 def test_describe_lists_every_key_with_type_default_and_help():
     rows = describe(Recipe)

@@ -62,6 +62,12 @@ __all__ = [
 
 MISSING = dataclasses.MISSING
 OVERRIDE_SOURCE = "--set"
+#: A recipe is a page of settings: anything larger is a mistake (a data file named as the recipe)
+#: or an attack, and parsing it could take minutes and gigabytes before any check runs.
+MAX_RECIPE_BYTES = 1 << 20
+#: Recipes nest a few levels (model.augment.*); deeper nesting is refused before anything
+#: recursive (YAML composition, validation, deep copies) can exhaust Python's stack.
+MAX_NESTING = 32
 
 # A decimal number as text: 3e-4, -1.5, .5, 1e+05 (not nan, inf, 0x10 or 1_000).
 _NUMBER_TEXT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -408,8 +414,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p.strip() for p in key.split(".")]
     if not sep or not key.strip() or not all(parts):
         raise RecipeError(text, "expected key.path=value", where=OVERRIDE_SOURCE)
+    _check_nesting(raw, ".".join(parts), OVERRIDE_SOURCE)
     try:
         value = yaml.safe_load(raw)
+    except RecursionError:
+        raise RecipeError(".".join(parts), f"value nests lists or mappings too deeply (at most "
+                          f"{MAX_NESTING} levels)", where=OVERRIDE_SOURCE) from None
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise RecipeError(
@@ -466,6 +476,27 @@ def blame(error: RecipeError, overridden: Iterable[str], where: str | None) -> R
 
 
 # --------------------------------------------------------------------------- YAML files
+def _check_nesting(text: str, key: str, where: str) -> None:
+    """Refuse YAML whose flow or block collections nest deeper than MAX_NESTING, by scanning
+    tokens (flat, no recursion) before the recursive composer sees the text."""
+    depth = deepest = 0
+    try:
+        for tok in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(tok, (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken,
+                                yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken)):
+                depth += 1
+                deepest = max(deepest, depth)
+                if deepest > MAX_NESTING:
+                    what = "value" if where == OVERRIDE_SOURCE else "recipe"
+                    raise RecipeError(key, f"{what} nests lists or mappings deeper than "
+                                      f"{MAX_NESTING} levels", where=where)
+            elif isinstance(tok, (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken,
+                                  yaml.BlockEndToken)):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # malformed: the parser below reports it with its line and column
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     """The mapping in a YAML recipe file.
 
@@ -480,16 +511,28 @@ def load_yaml(path: str | os.PathLike) -> dict:
         raise RecipeError("", "recipe file not found", where=where)
     if p.is_dir():
         raise RecipeError("", "recipe path is a folder, not a YAML file", where=where)
+    if not p.is_file():
+        raise RecipeError("", "recipe path is not a regular file (a device, pipe or socket)",
+                          where=where)
+    with open(p, "rb") as f:  # read at most one byte past the limit: the file may be growing
+        raw = f.read(MAX_RECIPE_BYTES + 1)
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError("", f"recipe is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe "
+                          f"is a page of settings (is this the right file?)", where=where)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RecipeError("", "recipe is not a UTF-8 text file", where=where) from None
+    _check_nesting(text, "", where)
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is not None:
             _check_duplicates(node, "", where)
         data = loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise RecipeError("", f"recipe nests lists or mappings too deeply (at most {MAX_NESTING} "
+                          f"levels)", where=where) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or e.context or "invalid YAML"
