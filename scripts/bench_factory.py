@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from genlab.data.brain import BrainFactory
+from genlab.data.brain_factory import BrainFactory
 
 
 def _sync(device: torch.device) -> None:

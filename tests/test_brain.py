@@ -12,9 +12,11 @@ from PIL import Image
 
 from genlab.core.errors import DataError
 from genlab.core.registry import DATASETS
-from genlab.data import brain
+from genlab.data import brain_factory
 from genlab.data.base import DataSource
-from genlab.data.brain import SYNDROMES, BrainData, BrainFactory, write_image_folder
+from genlab.data.brain import BrainData
+from genlab.data.brain_factory import SYNDROMES, BrainFactory
+from genlab.data.brain_folder import write_image_folder
 
 H, W = 128, 96
 
@@ -60,7 +62,7 @@ def _splitmix_ref(z: int) -> int:
 
 def test_hash_matches_unsigned_splitmix64():
     zs = [0, 1, 12345, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, 0x9E3779B97F4A7C15]
-    got = brain._mix64(torch.tensor([brain._i64(z) for z in zs], dtype=torch.long))
+    got = brain_factory._mix64(torch.tensor([brain_factory._i64(z) for z in zs], dtype=torch.long))
     assert [v & ((1 << 64) - 1) for v in got.tolist()] == [_splitmix_ref(z) for z in zs]
 
 

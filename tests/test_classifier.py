@@ -19,9 +19,10 @@ from genlab.core.errors import CheckpointError, GenlabError, RecipeError
 from genlab.core.recipe import from_mapping
 from genlab.core.schema import build
 from genlab.data.base import DataInfo
-from genlab.data.subset import LabelSubset, labelled_mask, subset_indices
+from genlab.data.subset import labelled_mask, subset_indices
 from genlab.engine.trainer import Trainer
-from genlab.families.classifier import Classifier, ClassifierConfig, load_bundle_weights
+from genlab.families.classifier import Classifier, ClassifierConfig
+from genlab.families.init_from import load_bundle_weights
 from genlab.nn.backbones import BACKBONES, build_backbone, clahe
 
 registry.load_all()
@@ -149,6 +150,62 @@ def test_sigmoid_mlp_bundle_loads(tmp_path, monkeypatch):
     assert len(m.backbone.stages()) == 2
 
 
+def _old_bundle(folder: Path) -> tuple[torch.nn.Module, dict]:
+    """An encoder bundle exactly as genlab 0.1.0 wrote it before the bundle code was shared:
+    safetensors.save_file, then json.dumps(meta, indent=2)."""
+    from safetensors.torch import save_file
+
+    from genlab.nn.blocks import ConvEncoder
+
+    args = {"in_shape": [1, 16, 16], "channels": [4, 8], "bottleneck": 6}
+    enc = ConvEncoder(**args)
+    meta = {"format": "genlab-encoder", "version": 1, "genlab_version": "0.1.0", "family": "ae",
+            "builder": "conv_encoder", "config": args, "out_features": 6,
+            "input_shape": [1, 16, 16], "value_range": [0.0, 1.0],
+            "normalization": "inputs are float32 in value_range, shaped (B, *input_shape); no mean/std",
+            "data": "digits", "class_names": ["a", "b"], "recipe": "x", "step": 3}
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(folder / "encoder.safetensors"))
+    (folder / "encoder.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return enc, meta
+
+
+def test_bundles_written_before_load_and_new_ones_match_them(tmp_path):
+    """Bundles from before genlab.core.bundle still load (run folder, folder or file), and a
+    bundle written now has the same files and the same JSON."""
+    from genlab import load_encoder
+    from genlab.families.base import EncoderSpec
+    from genlab.families.export import read_bundle_meta, save_encoder
+
+    torch.manual_seed(0)
+    enc, meta = _old_bundle(tmp_path / "run" / "export")
+    x = torch.rand(3, 1, 16, 16)
+    for where in (tmp_path / "run", tmp_path / "run" / "export",
+                  tmp_path / "run" / "export" / "encoder.json"):
+        got = load_encoder(where)
+        assert got.bundle_meta == meta
+        torch.testing.assert_close(got(x), enc.eval()(x), rtol=0, atol=0)
+    assert read_bundle_meta(tmp_path / "run")[0] == meta
+    m = Classifier(_cfg(init=str(tmp_path / "run"), mode="linear_probe"),
+                   DataInfo("digits", (1, 16, 16), 2, ("a", "b")))
+    assert len(m.init_report["loaded"]) == len(enc.state_dict()) and not m.init_report["missing"]
+    # written now: same names, same JSON text (keys and order) as the old writer gave
+    info = DataInfo("digits", (1, 16, 16), 2, ("a", "b"))
+    save_encoder(EncoderSpec("conv_encoder", meta["config"], enc, 6), tmp_path / "new",
+                 family="ae", info=info, recipe_name="x", step=3)
+    new_meta = json.loads((tmp_path / "new" / "encoder.json").read_text())
+    assert list(new_meta) == list(meta)
+    assert {k: v for k, v in new_meta.items() if k != "genlab_version"} == \
+        {k: v for k, v in meta.items() if k != "genlab_version"}
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["encoder.json", "encoder.safetensors"]
+    # not a bundle / another format: one clear CheckpointError
+    with pytest.raises(CheckpointError, match="no encoder bundle"):
+        load_encoder(tmp_path)
+    (tmp_path / "new" / "encoder.json").write_text(json.dumps({**meta, "format": "other"}))
+    with pytest.raises(CheckpointError, match="not a genlab encoder bundle"):
+        load_encoder(tmp_path / "new")
+
+
 def _folder(root: Path, size=(16, 16), per_class=14, classes=("a", "b"), mode="L", skew=None) -> Path:
     rng = np.random.default_rng(0)
     for i, c in enumerate(classes):
@@ -262,19 +319,6 @@ def test_label_subset_is_nested_and_keeps_every_class():
     assert set(torch.nonzero(mask).flatten().tolist()) <= set(small.tolist())
 
 
-def test_bind_data_subsets_and_weights_classes(tmp_path):
-    root = _folder(tmp_path / "skew", skew=(30, 10))
-    rec = from_mapping(_cls({"class_weights": "balanced", "label_fraction": 0.5},
-                            data={"name": "folder", "root": str(root), "size": [16, 16],
-                                  "val_fraction": 0.0, "test_fraction": 0.0}))
-    t = Trainer(rec, out_root=tmp_path / "runs", quiet=True)
-    data = t.model.bind_data(t.data)
-    assert isinstance(data, LabelSubset) and data.size("train") < 40
-    counts = data.class_counts("train").double()
-    w = t.model.class_weight().double()
-    torch.testing.assert_close(w, counts.sum() / (2 * counts))
-
-
 # ----------------------------------------------------------------------------- commands
 @pytest.fixture(scope="module")
 def brain_run(tmp_path_factory):
@@ -363,8 +407,8 @@ def test_folder_rgb_with_augmentation_clahe_and_weights(tmp_path, runs):
     assert t.model.backbone.pre.__class__.__name__ == "CLAHE"
 
 
-def test_label_fraction_without_the_data_hook_masks_the_loss(runs):
-    """Until the trainer calls bind_data, a family-side mask keeps only the labelled examples."""
+def test_label_fraction_masks_the_loss(runs):
+    """label_fraction < 1: only the labelled examples of each batch enter the loss."""
     t = Trainer(from_mapping(_cls({"label_fraction": 0.25}, steps=4)), out_root=runs, quiet=True)
     seen = []
     orig = t.model.augment

@@ -14,16 +14,16 @@ from genlab.metrics import classification as M
 NAN = float("nan")
 
 
-def _seed_example():
-    """Seed 000 §1.4.1: cat (=1) vs dog (=0), TP 5, FN 3, TN 3, FP 2."""
+def _worked_example():
+    """A textbook worked example: cat (=1) vs dog (=0), TP 5, FN 3, TN 3, FP 2."""
     y_true = [1] * 5 + [1] * 3 + [0] * 3 + [0] * 2
     y_pred = [1] * 5 + [0] * 3 + [0] * 3 + [1] * 2
     return y_true, y_pred
 
 
 # --------------------------------------------------------------------- binary counts
-def test_seed_worked_example():
-    y_true, y_pred = _seed_example()
+def test_textbook_worked_example():
+    y_true, y_pred = _worked_example()
     c = M.binary_counts(y_true, y_pred, positive=1)
     assert c == {"tp": 5, "fn": 3, "tn": 3, "fp": 2}
     assert M.sensitivity(c) == pytest.approx(0.625)
@@ -35,7 +35,7 @@ def test_seed_worked_example():
 
 
 def test_binary_counts_other_positive_and_torch():
-    y_true, y_pred = _seed_example()
+    y_true, y_pred = _worked_example()
     c = M.binary_counts(torch.tensor(y_true), np.array(y_pred), positive=0)
     assert c == {"tp": 3, "fn": 2, "tn": 5, "fp": 3}
 
@@ -223,9 +223,9 @@ def _probs_for(y_pred, k, conf=0.7):
     return p
 
 
-def test_report_binary_lesion_seed_example():
-    y_true, y_pred = _seed_example()
-    # class 1 = "lesion" (the seed's cat), class 0 = "healthy"
+def test_report_binary_lesion_worked_example():
+    y_true, y_pred = _worked_example()
+    # class 1 = "lesion" (the worked example's cat), class 0 = "healthy"
     p = _probs_for(np.array(y_pred), 2)
     rep = M.classification_report(y_true, p, ["healthy", "lesion"], positive="lesion")
     json.dumps(rep, allow_nan=False)

@@ -23,6 +23,7 @@ _MODULES = (
     "genlab.families.gan",
     "genlab.families.dqn",
     "genlab.families.rbm",
+    "genlab.families.dbn",
 )
 
 

@@ -125,7 +125,7 @@ def initial_obs(layouts: list[Layout]) -> torch.Tensor:
 
 @register_dataset("maze")
 class MazeData:
-    """Mouse mazes (SPECS §2) for RL: x (B, 8, H, W) first observation, y zeros, seed (B,) maze seeds.
+    """Mouse mazes for RL: x (B, 8, H, W) first observation, y zeros, seed (B,) maze seeds.
 
     Val/test are fixed sets of held-out maze seeds (2**40 + i, 2**41 + i) that the training
     stream never plays; `info.env` is the `MazeTask` an agent builds its envs from.

@@ -1,4 +1,4 @@
-"""Train on a labelled fraction of the training split (the hook of the label-efficiency study).
+"""Train on a labelled fraction of the training split (model.label_fraction of the classifier).
 
 Which examples count as labelled is a pure function of (index in the train split, subset seed,
 fraction): example i is kept when u(i) < fraction, u(i) in [0, 1) a fixed hash of (seed, i).
@@ -7,11 +7,13 @@ So the subsets are nested (10 % is inside 20 % for the same seed), independent o
 computed without looking at any image.
 
 Two ways to use it:
-- `LabelSubset(data, fraction, seed)` wraps a DataSource so its train split *is* the subset
-  (every batch is full of labelled examples). It also guarantees at least one example per
-  class (the one with the smallest u), which needs the train labels (`split_labels`).
 - `labelled_mask(indices, fraction, seed)` tells, for a batch of train indices, which are
-  labelled: a family can mask its loss with it when it cannot replace the data source.
+  labelled: the classifier masks its loss with it (what `genlab train` does; the trainer
+  draws batches from the whole train split).
+- `LabelSubset(data, fraction, seed)` wraps a DataSource so its train split *is* the subset
+  (every batch is full of labelled examples), for code that builds its own data loop. It also
+  guarantees at least one example per class (the one with the smallest u), which needs the
+  train labels (`split_labels`), so its subset can be a little larger than the mask's.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Lesion classifiers through the shared trainer (SPECS §5, §6): "classifier".
+"""Image classifiers through the shared trainer: family "classifier".
 
     image (B, C, H, W) -> backbone (pre -> conv trunk -> neck) -> (B, F) -> dropout + linear -> (B, K)
 
-Backbones (genlab.nn.backbones): the seed's brain_tumor_nn, seed 004's model1 / model2, a VGG-like
-net with depthwise-separable convs (vgg_sep), ResNet-18 (resnet18), or any exported encoder
-bundle (`init:` a bundle folder or a run folder with export/) with a new head.
+Backbones: those of genlab.nn.backbones, or the encoder of an exported bundle (`init:` a bundle
+folder or a run folder with export/) under a new head; genlab.families.init_from loads it and
+prints what it loaded (a shape mismatch is an error unless `allow_shape_mismatch: true`).
 
 Modes (what trains, `mode:`):
     scratch       everything, from random weights, at train.lr
@@ -14,18 +14,17 @@ Modes (what trains, `mode:`):
     gradual       head only for `unfreeze_every` steps, then one more backbone stage from the top
                   every `unfreeze_every` steps (ULMFiT-style); unfrozen stages at lr x encoder_lr_mult
 
-Loading a bundle prints which tensors were loaded, skipped or missing (and records it in the
-run's export/encoder.json as `init_report`); a shape mismatch (e.g. another input size) is an
-error unless `allow_shape_mismatch: true`, which rebuilds the encoder for the data's shape and
-skips the tensors whose shape then differs.
+Training loss: cross-entropy. With `label_fraction < 1` only the labelled examples of each batch
+enter it (genlab.data.subset.labelled_mask of their train indices; a batch with none takes no
+step). `class_weights: balanced` weighs class c by N / (K n_c), n_c counting the class-c examples
+that entered the loss so far (buffer `class_seen`, kept in checkpoints): an estimate from the
+batches seen, not the split's exact counts.
 
-Validation: `loss` is the plain cross-entropy (no class weights, no smoothing) and is the
-monitor (best.pt, early stopping). `summarize` adds whole-split metrics: acc, auc (macro
-one-vs-rest for K > 2), ece, top5 (K > 5), sens/<class>, spec/<class>, and for lesion tasks
-bin/{sens,spec,ppv,npv,f1,auc} of "any lesion class vs the negative classes". On data with
-lesion masks (the brain factory) Grad-CAM of the predicted class is scored against the mask:
-loc/mass (share of CAM mass inside the mask), loc/point (pointing game), each beside its
-uniform-map baseline, over lesion images (and loc/*_correct over the correctly classified ones).
+Validation: `loss` is the plain cross-entropy (no class weights, no smoothing) and the monitor.
+`summarize` adds acc, auc, ece, top5, sens/<class>, spec/<class> and, for lesion tasks,
+bin/{sens,spec,ppv,npv,f1,auc} of "any lesion class vs the negative classes"
+(genlab.metrics.classification.report_scalars); on data with lesion masks, Grad-CAM of the
+predicted class scored against the mask, loc/* (genlab.metrics.gradcam.localisation_summary).
 """
 from __future__ import annotations
 
@@ -34,44 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab.core.errors import CheckpointError, RecipeError
 from genlab.core.registry import register_family
 from genlab.core.schema import param
+from genlab.data.augment import AugmentConfig, build_augment
 from genlab.data.base import DataInfo
-from genlab.data.subset import LabelSubset, labelled_mask
+from genlab.data.subset import labelled_mask
 from genlab.families.base import EncoderSpec, Family, StepContext
-from genlab.nn.backbones import BACKBONES, build_backbone
+from genlab.families.init_from import backbone_from_bundle, format_init_report
+from genlab.metrics.classification import resolve_negative
+from genlab.nn.backbones import build_backbone
 from genlab.nn.blocks import first_layer
 from genlab.nn.optim import build_optimizer
-
-# class names (case-insensitive) taken as "no lesion" when negative_classes is not given
-NEGATIVE_NAMES = ("z", "healthy", "normal", "benign", "negative", "no_lesion", "nolesion", "none")
-
-
-@dataclass
-class AugmentConfig:
-    hflip: bool = param(False, help="random horizontal flip (p 0.5)")
-    vflip: bool = param(False, help="random vertical flip (p 0.5)")
-    degrees: float = param(0.0, ge=0, le=180, help="random rotation in [-degrees, degrees]")
-    translate: float = param(0.0, ge=0, lt=1, help="random shift up to this fraction of W and H")
-    scale: list[float] = param(default_factory=lambda: [1.0, 1.0], gt=0,
-                               help="random zoom factor range [lo, hi]")
-    brightness: float = param(0.0, ge=0, help="ColorJitter brightness (factor in [1-b, 1+b])")
-    contrast: float = param(0.0, ge=0, help="ColorJitter contrast (factor in [1-c, 1+c])")
-
-    def __post_init__(self):
-        if len(self.scale) != 2 or self.scale[0] > self.scale[1]:
-            raise ValueError(f"scale: expected [lo, hi] with lo <= hi, got {self.scale}")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.hflip or self.vflip or self.degrees or self.translate
-                    or list(self.scale) != [1.0, 1.0] or self.brightness or self.contrast)
 
 
 @dataclass
@@ -94,7 +70,8 @@ class ClassifierConfig:
     allow_shape_mismatch: bool = param(False, help="init: rebuild the encoder for the data's input "
                                        "shape and skip tensors whose shapes differ (else an error)")
     class_weights: Literal["none", "balanced"] = param(
-        "none", help="balanced: cross-entropy weight N / (K n_c) per class against imbalance")
+        "none", help="balanced: cross-entropy weight N / (K n_c) per class against imbalance, "
+        "n_c counted over the training batches seen so far")
     label_smoothing: float = param(0.0, ge=0, lt=1, help="label smoothing of the training loss")
     dropout: float = param(0.0, ge=0, lt=1, help="dropout before the linear head")
     augment: AugmentConfig = param(default_factory=AugmentConfig,
@@ -103,7 +80,8 @@ class ClassifierConfig:
     clahe_clip: float = param(2.0, gt=0, help="CLAHE clip limit (OpenCV's clipLimit)")
     clahe_grid: list[int] = param(default_factory=lambda: [8, 8], ge=1, help="CLAHE tiles [rows, cols]")
     label_fraction: float = param(1.0, gt=0, le=1, help="train on this fraction of the training "
-                                  "labels (a fixed, nested, class-independent subset)")
+                                  "labels (a fixed, nested, class-independent subset; the other "
+                                  "examples of a batch are left out of the loss)")
     subset_seed: int = param(0, ge=0, help="which labelled subset (label_fraction < 1)")
     negative_classes: list[str] | None = param(None, help="classes meaning 'no lesion' for the "
                                                "binary metrics and the lesion call (null: Z, healthy, "
@@ -141,88 +119,6 @@ class ClassifierConfig:
         return self.backbone or ("encoder" if self.init is not None else "vgg_sep")
 
 
-# ----------------------------------------------------------------------------- bundle loading
-def _bundle_for_data(path: Path, in_shape: list[int], allow: bool) -> tuple[dict, Path, dict, list[str]]:
-    """(meta, weights path, builder config for `in_shape`, notes)."""
-    from genlab.families.export import read_bundle_meta
-
-    meta, weights = read_bundle_meta(Path(path))
-    config, notes = dict(meta.get("config", {})), []
-    bundle_shape = [int(s) for s in meta.get("input_shape", in_shape)]
-    if bundle_shape != list(in_shape):
-        key = next((k for k in ("in_shape", "input_shape") if k in config), None)
-        if not allow:
-            raise CheckpointError(
-                f"{path}: the encoder was trained on inputs {bundle_shape}, the data gives "
-                f"{list(in_shape)}; set model.allow_shape_mismatch: true to rebuild it for the data's "
-                f"shape (tensors whose shape then differs are skipped and start from scratch)")
-        if key is None:
-            raise CheckpointError(f"{path}: builder {meta['builder']!r} has no in_shape/input_shape "
-                                  f"argument, so it cannot be rebuilt for inputs {list(in_shape)}")
-        config[key] = list(in_shape)
-        notes.append(f"rebuilt for input {list(in_shape)} (bundle: {bundle_shape})")
-    return meta, weights, config, notes
-
-
-def load_bundle_weights(module: nn.Module, weights: Path, allow_shape_mismatch: bool) -> dict:
-    """Copy a bundle's tensors into `module` by name and say what happened to each.
-
-    loaded: same name and shape; skipped: in the bundle but not used (no such tensor in the
-    module, or a different shape when allowed); missing: in the module but not in the bundle
-    (left at their fresh initialisation). A shape mismatch is a CheckpointError unless allowed.
-    """
-    from safetensors.torch import load_file
-
-    state = load_file(str(weights), device="cpu")
-    own = module.state_dict()
-    loaded, skipped, mismatched = [], [], []
-    for k, v in state.items():
-        if k not in own:
-            skipped.append({"name": k, "shape": list(v.shape), "reason": "not in the module"})
-        elif own[k].shape != v.shape:
-            mismatched.append(f"{k}: bundle {list(v.shape)} vs module {list(own[k].shape)}")
-            skipped.append({"name": k, "shape": list(v.shape),
-                            "reason": f"shape differs (module {list(own[k].shape)})"})
-        else:
-            loaded.append({"name": k, "shape": list(v.shape)})
-    if mismatched and not allow_shape_mismatch:
-        raise CheckpointError(f"{weights}: shape mismatch: " + "; ".join(sorted(mismatched))
-                              + " (set model.allow_shape_mismatch: true to skip these tensors)")
-    missing = [{"name": k, "shape": list(own[k].shape)} for k in own if k not in state]
-    module.load_state_dict({d["name"]: state[d["name"]] for d in loaded}, strict=False)
-    return {"loaded": loaded, "skipped": skipped, "missing": missing}
-
-
-def format_init_report(r: dict) -> str:
-    def names(items):
-        return ", ".join(f"{d['name']} {tuple(d['shape'])}" + (f" [{d['reason']}]" if "reason" in d else "")
-                         for d in items) or "-"
-
-    head = (f"init from {r['bundle']} (family {r.get('family')}, builder {r['builder']}, "
-            f"step {r.get('step')}): {len(r['loaded'])} tensors loaded, {len(r['skipped'])} "
-            f"skipped, {len(r['missing'])} missing")
-    lines = [head]
-    lines += [f"  loaded:  {names(r['loaded'])}", f"  skipped: {names(r['skipped'])}",
-              f"  missing: {names(r['missing'])}"]
-    lines += [f"  note:    {n}" for n in r.get("notes", [])]
-    return "\n".join(lines)
-
-
-def resolve_negative(given: list[str] | None, class_names: tuple[str, ...]) -> list[int]:
-    """Indices of the 'no lesion' classes (see ClassifierConfig.negative_classes)."""
-    names = list(class_names)
-    if given is not None:
-        bad = [c for c in given if c not in names]
-        if bad:
-            raise RecipeError("model.negative_classes", f"unknown class(es) {bad} (classes: {names})")
-        return sorted(names.index(c) for c in given)
-    found = [i for i, c in enumerate(names) if c.lower() in NEGATIVE_NAMES]
-    if not found and len(names) == 2:
-        found = [0]
-    return found if len(found) < len(names) else []
-
-
-# ----------------------------------------------------------------------------- the family
 @register_family("classifier")
 class Classifier(Family):
     """Image classifier: a conv backbone (or an exported encoder) and a linear head."""
@@ -238,23 +134,8 @@ class Classifier(Family):
         pre = {"clahe": cfg.clahe, "clahe_clip": cfg.clahe_clip, "clahe_grid": list(cfg.clahe_grid)}
         self.init_report: dict | None = None
         if cfg.init is not None:
-            meta, weights, enc_cfg, notes = _bundle_for_data(cfg.init, in_shape, cfg.allow_shape_mismatch)
-            if pre["clahe"] and enc_cfg.get("clahe"):  # another classifier's backbone: CLAHE inside
-                pre["clahe"] = False
-                notes.append("the bundle's backbone applies CLAHE itself; not applied twice")
-            self._backbone_args = dict(name="encoder", in_shape=in_shape,
-                                       encoder={"builder": meta["builder"], "config": enc_cfg}, **pre)
-            try:
-                self.backbone = build_backbone(**self._backbone_args)
-            except (ValueError, TypeError, RuntimeError) as e:
-                raise CheckpointError(f"{cfg.init}: cannot rebuild its encoder: {e}") from None
-            report = load_bundle_weights(self.backbone.encoder, weights, cfg.allow_shape_mismatch)
-            vr = meta.get("value_range")
-            if vr is not None and [float(v) for v in vr] != [float(v) for v in info.value_range]:
-                notes.append(f"bundle value_range {vr} differs from the data's {list(info.value_range)}")
-            self.init_report = {"bundle": str(cfg.init), "family": meta.get("family"),
-                                "builder": meta["builder"], "step": meta.get("step"),
-                                "notes": notes, **report}
+            self.backbone, self._backbone_args, self.init_report = backbone_from_bundle(
+                cfg.init, in_shape, pre, info.value_range, cfg.allow_shape_mismatch)
             print(format_init_report(self.init_report), flush=True)
         else:
             self._backbone_args = dict(name=cfg.name, in_shape=in_shape, channels=cfg.channels,
@@ -263,13 +144,11 @@ class Classifier(Family):
         self.head = nn.Sequential(nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity(),
                                   nn.Linear(self.backbone.num_features, k))
         self.negative = resolve_negative(cfg.negative_classes, tuple(info.class_names))
-        # classes seen in training batches: balanced class weights until bind_data gives exact counts
+        # per-class count of the examples that entered the training loss (balanced weights)
         self.register_buffer("class_seen", torch.zeros(k, dtype=torch.float64))
-        self._counts_exact = False
-        self._subset_by_data = False
         self._stages = self.backbone.stages()  # bottom (input side) first
         self._unfrozen = 0 if cfg.mode in ("linear_probe", "gradual") else len(self._stages)
-        self._transform = self._build_augment(cfg.augment)
+        self._transform = build_augment(cfg.augment)
         self._apply_freeze()
 
     # -- freezing --------------------------------------------------------------------------------
@@ -305,22 +184,8 @@ class Classifier(Family):
             return len(self._stages)
         return min(len(self._stages), step // self.cfg.unfreeze_every)
 
-    # -- data hook -------------------------------------------------------------------------------
-    def bind_data(self, data):
-        """Optional hook for the trainer (call it on the training data right after building the
-        family): returns the data to train on (the labelled subset when label_fraction < 1) and
-        takes exact class counts for balanced weights. Without it the family masks its loss to
-        the labelled examples and estimates class counts from the batches it sees."""
-        if self.cfg.label_fraction < 1.0:
-            data = LabelSubset(data, self.cfg.label_fraction, self.cfg.subset_seed)
-            self._subset_by_data = True
-        counts = getattr(data, "class_counts", None)
-        if self.cfg.class_weights == "balanced" and callable(counts):
-            self.class_seen.copy_(counts("train").to(self.class_seen))
-            self._counts_exact = True
-        return data
-
     def class_weight(self) -> torch.Tensor | None:
+        """Cross-entropy class weights: None, or N / (K n_c) from `class_seen` (balanced)."""
         if self.cfg.class_weights == "none":
             return None
         n = self.class_seen.clamp_min(1.0)
@@ -340,31 +205,10 @@ class Classifier(Family):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))  # (B, K) logits
 
-    @staticmethod
-    def _build_augment(a: AugmentConfig):
-        if not a.enabled:
-            return None
-        from torchvision.transforms import v2
-
-        ts = []
-        if a.hflip:
-            ts.append(v2.RandomHorizontalFlip())
-        if a.vflip:
-            ts.append(v2.RandomVerticalFlip())
-        if a.degrees or a.translate or list(a.scale) != [1.0, 1.0]:
-            ts.append(v2.RandomAffine(degrees=a.degrees,
-                                      translate=(a.translate, a.translate) if a.translate else None,
-                                      scale=tuple(a.scale) if list(a.scale) != [1.0, 1.0] else None))
-        if a.brightness or a.contrast:
-            ts.append(v2.ColorJitter(brightness=a.brightness or None, contrast=a.contrast or None))
-        return v2.Compose(ts)
-
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image random transforms (training only; draws from the global torch RNG, which the
         trainer seeds and checkpoints)."""
-        if self._transform is None:
-            return x
-        return torch.stack([self._transform(img) for img in x]).clamp_(0, 1)
+        return x if self._transform is None else self._transform(x)
 
     def training_step(self, batch, ctx: StepContext):
         if self.cfg.mode == "gradual":
@@ -373,13 +217,13 @@ class Classifier(Family):
                 self._unfrozen = n
                 self._apply_freeze()
         x, y = batch["x"], batch["y"]
-        if self.cfg.label_fraction < 1.0 and not self._subset_by_data:
+        if self.cfg.label_fraction < 1.0:  # only the labelled examples enter the loss
             keep = labelled_mask(batch["index"], self.cfg.label_fraction, self.cfg.subset_seed)
             if not bool(keep.any()):  # no labelled example in this batch: no update
                 zero = torch.zeros((), device=x.device)
                 return {"loss": zero, "acc": zero}
             x, y = x[keep], y[keep]
-        if self.cfg.class_weights == "balanced" and not self._counts_exact:
+        if self.cfg.class_weights == "balanced":
             self.class_seen += torch.bincount(y, minlength=len(self.class_seen)).to(self.class_seen)
         x = self.augment(x)
         with ctx.autocast():
@@ -419,28 +263,15 @@ class Classifier(Family):
         out = {"loss": F.cross_entropy(logits, y), "acc": (pred == y).float().mean(),
                "probs": probs, "y": y}
         if self.cfg.localisation and "mask" in batch and self.can_explain:
-            out.update(self._localisation(x, batch["mask"], pred, y))
+            from genlab.metrics.gradcam import localisation_columns
+
+            cams = self.gradcam(x, pred)
+            out.update(localisation_columns(cams, batch["mask"], pred, y, self.cfg.cam_tolerance_px))
         return out
 
-    def _localisation(self, x, mask, pred, y) -> dict[str, torch.Tensor]:
-        """Per-image Grad-CAM scores against the lesion mask (NaN for images without a lesion)."""
-        from genlab.metrics.gradcam import localisation_scores
-
-        cams = self.gradcam(x, pred).cpu()
-        m = mask[:, 0].bool().cpu()
-        has = m.flatten(1).any(1)
-        s = localisation_scores(cams, m, self.cfg.cam_tolerance_px)
-        nan = torch.full((len(x),), float("nan"))
-
-        def col(v):
-            return torch.where(has, torch.as_tensor(np.asarray(v), dtype=torch.float32), nan).to(x.device)
-
-        return {"cam_mass": col(s["mass_in_mask"]), "cam_mass_base": col(s["mass_baseline"]),
-                "cam_point": col(s["pointing_game"]), "cam_point_base": col(s["pointing_baseline"]),
-                "cam_correct": (pred == y).float()}
-
     def report(self, probs: torch.Tensor, y: torch.Tensor) -> dict:
-        """genlab.metrics.classification.classification_report for these predictions, with the lesion block."""
+        """genlab.metrics.classification.classification_report for these predictions, with the
+        lesion block ("any lesion class" against the negative classes)."""
         from genlab.metrics.classification import classification_report
 
         k = probs.shape[1]
@@ -449,24 +280,10 @@ class Classifier(Family):
                                      positive=positive, top_k=(5,))
 
     def summarize(self, collected: dict[str, torch.Tensor]) -> dict[str, float]:
-        rep = self.report(collected["probs"], collected["y"])
-        nan = float("nan")
+        from genlab.metrics.classification import report_scalars
+        from genlab.metrics.gradcam import localisation_summary
 
-        def f(v):
-            return nan if v is None else float(v)
-
-        out = {"acc": f(rep["accuracy"]), "auc": f(rep["auc"]), "ece": f(rep["ece"])}
-        if rep["num_classes"] > 2:
-            out["auc_macro"] = f(rep["macro"]["auc"])
-        if "5" in rep["top_k_accuracy"]:
-            out["top5"] = f(rep["top_k_accuracy"]["5"])
-        for row in rep["per_class"]:
-            out[f"sens/{row['class']}"] = f(row["sensitivity"])
-            out[f"spec/{row['class']}"] = f(row["specificity"])
-        if rep["binary"]:
-            b = rep["binary"]
-            for key in ("sensitivity", "specificity", "ppv", "npv", "f1", "auc"):
-                out[f"bin/{key[:4] if key in ('sensitivity', 'specificity') else key}"] = f(b[key])
+        out = report_scalars(self.report(collected["probs"], collected["y"]))
         if "cam_mass" in collected:
             out.update(localisation_summary(collected))
         # undefined values (a class absent from the split) are left out, not NaN: metrics.json
@@ -476,7 +293,7 @@ class Classifier(Family):
     @torch.no_grad()
     def renders(self, batch):
         from genlab.metrics.classification import confusion_matrix, plot_confusion_matrix
-        from genlab.viz.render import image_grid, tile_kernels, tile_weights, to_rgb
+        from genlab.viz.render import tile_kernels, tile_weights
 
         out = {}
         layer = first_layer(self.backbone)
@@ -486,15 +303,7 @@ class Classifier(Family):
             out["filters"] = tile_weights(layer.weight, self.info.input_shape, max_tiles=64)
         x = batch["x"]
         if self.can_explain:
-            from genlab.metrics.gradcam import overlay
-
-            xs = x[:8]
-            cams = self.gradcam(xs).cpu()
-            rows = [torch.stack([to_rgb(i) for i in xs.float().cpu().clamp(0, 1)]),
-                    torch.stack([overlay(i, c) for i, c in zip(xs.float().cpu(), cams)])]
-            if "mask" in batch:
-                rows.append(batch["mask"][:8].float().cpu().expand(-1, 3, -1, -1))
-            out["gradcam"] = image_grid(torch.cat(rows), nrow=len(xs))
+            out["gradcam"] = self._gradcam_grid(x[:8], batch.get("mask"))
         pred = self(x).argmax(1)
         cm = confusion_matrix(batch["y"].cpu(), pred.cpu(), self.info.num_classes)
         img = plot_confusion_matrix(cm, list(self.info.class_names),
@@ -502,11 +311,23 @@ class Classifier(Family):
         out["confusion"] = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
         return out
 
+    def _gradcam_grid(self, xs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Rows: the images, their Grad-CAM overlays, and the lesion masks when there are any."""
+        from genlab.metrics.gradcam import overlay
+        from genlab.viz.render import image_grid, to_rgb
+
+        cams = self.gradcam(xs).cpu()
+        rows = [torch.stack([to_rgb(i) for i in xs.float().cpu().clamp(0, 1)]),
+                torch.stack([overlay(i, c) for i, c in zip(xs.float().cpu(), cams)])]
+        if mask is not None:
+            rows.append(mask[:8].float().cpu().expand(-1, 3, -1, -1))
+        return image_grid(torch.cat(rows), nrow=len(xs))
+
     @torch.no_grad()
     def histograms(self, batch):
         return {"features": self.backbone(batch["x"][:64])}
 
-    # -- optional capabilities -------------------------------------------------------------------
+    # -- capability "encode" ---------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)  # (B, num_features), preprocessing included
 
@@ -527,20 +348,4 @@ class Classifier(Family):
                            out_features=self.backbone.num_features, extra=extra)
 
 
-def localisation_summary(collected: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Means of the per-image Grad-CAM scores over lesion images (and correct ones)."""
-    mass = collected["cam_mass"].double().cpu()
-    has = ~torch.isnan(mass)
-    correct = collected["cam_correct"].cpu().bool() & has
-    out = {"loc/n": float(has.sum())}
-    for key, name in (("cam_mass", "mass"), ("cam_mass_base", "mass_base"),
-                      ("cam_point", "point"), ("cam_point_base", "point_base")):
-        v = collected[key].double().cpu()
-        out[f"loc/{name}"] = float(v[has].mean()) if has.any() else float("nan")
-        if name in ("mass", "point"):
-            out[f"loc/{name}_correct"] = float(v[correct].mean()) if correct.any() else float("nan")
-    return out
-
-
-__all__ = ["BACKBONES", "AugmentConfig", "Classifier", "ClassifierConfig", "format_init_report",
-           "load_bundle_weights", "localisation_summary", "resolve_negative"]
+__all__ = ["AugmentConfig", "Classifier", "ClassifierConfig", "resolve_negative"]

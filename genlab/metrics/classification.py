@@ -1,4 +1,4 @@
-"""Classification metrics, ROC/AUC, calibration, reports and plots (SPECS §5).
+"""Classification metrics, ROC/AUC, calibration, reports and plots.
 
 Everything here accepts torch tensors or numpy arrays (anything `numpy.asarray` takes) and
 returns plain Python floats / numpy arrays. No model family is imported.
@@ -6,7 +6,7 @@ returns plain Python floats / numpy arrays. No model family is imported.
 Conventions (written down once, used everywhere):
 
 * Confusion matrix: ROWS are the ACTUAL class, COLUMNS the PREDICTED class
-  (`CONFUSION_CONVENTION`; the seed's prose says this, its table the opposite).
+  (`CONFUSION_CONVENTION`; some texts print the transpose, so every report says which).
 * Binary counts for a positive class P: TP = actual P & predicted P, FN = actual P & predicted
   not-P, TN = actual not-P & predicted not-P, FP = actual not-P & predicted P.
 * Sensitivity = TP/(TP+FN), specificity = TN/(TN+FP), PPV = TP/(TP+FP), NPV = TN/(TN+FN),
@@ -17,7 +17,7 @@ Conventions (written down once, used everywhere):
   (JSON ``null``) and `format_report` prints it as "undefined".
 * Macro averages are the mean over the classes where the value is defined (NaN classes are
   skipped); a macro average is NaN only if no class defines it.
-* AUC grades (seed 000 §1.4.2, lower bounds inclusive): [0.9, 1] excellent, [0.8, 0.9) good,
+* AUC grades (the customary academic scale, lower bounds inclusive): [0.9, 1] excellent, [0.8, 0.9) good,
   [0.7, 0.8) fair, [0.6, 0.7) poor, [0.5, 0.6) fail, below 0.5 "fail (worse than chance)".
 """
 from __future__ import annotations
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from genlab.core.errors import RecipeError
 
 CONFUSION_CONVENTION = "rows = actual class, columns = predicted class"
 
@@ -305,7 +307,7 @@ def roc_auc_ovr_macro(y_true: Any, probs: Any) -> float:
 
 
 def auc_grade(auc: float | None) -> str:
-    """The seed's academic grade of an AUC (lower bounds inclusive: 0.9 is "excellent").
+    """The academic grade of an AUC (lower bounds inclusive: 0.9 is "excellent").
 
     NaN/None gives "undefined".
     """
@@ -343,6 +345,26 @@ def expected_calibration_error(y_true: Any, probs: Any, n_bins: int = 15) -> flo
 
 
 # ----------------------------------------------------------------------------- report
+# class names (case-insensitive) taken as "no lesion" when negative_classes is not given
+NEGATIVE_NAMES = ("z", "healthy", "normal", "benign", "negative", "no_lesion", "nolesion", "none")
+
+
+def resolve_negative(given: list[str] | None, class_names: tuple[str, ...]) -> list[int]:
+    """Indices of the 'no lesion' classes of a lesion task: the classes named in `given` (a
+    recipe's model.negative_classes; an unknown name is a RecipeError), else those named like
+    NEGATIVE_NAMES, else class 0 of a 2-class task; [] when that leaves no positive class."""
+    names = list(class_names)
+    if given is not None:
+        bad = [c for c in given if c not in names]
+        if bad:
+            raise RecipeError("model.negative_classes", f"unknown class(es) {bad} (classes: {names})")
+        return sorted(names.index(c) for c in given)
+    found = [i for i, c in enumerate(names) if c.lower() in NEGATIVE_NAMES]
+    if not found and len(names) == 2:
+        found = [0]
+    return found if len(found) < len(names) else []
+
+
 def _jsonable(x: Any) -> Any:
     """Python builtins only; NaN/inf floats become None."""
     if isinstance(x, Mapping):
@@ -448,6 +470,28 @@ def classification_report(
             "auc_grade": auc_grade(auc_pos),
         }
     return _jsonable(report)
+
+
+def report_scalars(report: Mapping[str, Any]) -> dict[str, float]:
+    """The scalars of `classification_report`'s dict a training run logs, undefined ones NaN:
+    acc, auc, ece, auc_macro (K > 2), top<k>, sens/<class>, spec/<class>, and with a binary
+    block bin/{sens,spec,ppv,npv,f1,auc}."""
+    def f(v):
+        return float("nan") if v is None else float(v)
+
+    out = {"acc": f(report["accuracy"]), "auc": f(report["auc"]), "ece": f(report["ece"])}
+    if report["num_classes"] > 2:
+        out["auc_macro"] = f(report["macro"]["auc"])
+    for kk, v in report["top_k_accuracy"].items():
+        out[f"top{kk}"] = f(v)
+    for row in report["per_class"]:
+        out[f"sens/{row['class']}"] = f(row["sensitivity"])
+        out[f"spec/{row['class']}"] = f(row["specificity"])
+    b = report["binary"]
+    if b:
+        for key in ("sensitivity", "specificity", "ppv", "npv", "f1", "auc"):
+            out[f"bin/{key[:4] if key in ('sensitivity', 'specificity') else key}"] = f(b[key])
+    return out
 
 
 def _fmt(v: Any, digits: int = 3) -> str:

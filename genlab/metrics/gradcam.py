@@ -15,10 +15,12 @@ flags, and its ``.grad`` fields. Call ``model.eval()`` yourself first (dropout a
 batch statistics would otherwise mix the samples of a batch). It works for frozen models and
 inside ``torch.no_grad()`` (gradient tracking is switched on for the call only).
 
-Localisation against a boolean lesion mask (SPECS §1, §6: "always check with Grad-CAM"):
+Localisation against a boolean lesion mask (a classifier that scores well while looking away
+from the lesion has learned a shortcut, so its maps are always checked against the mask):
 `cam_mass_in_mask` (share of CAM mass inside the mask) and `pointing_game` (is the CAM's peak
 inside the mask). A uniform map scores the mask's area fraction on both (`cam_mass_baseline`,
 `pointing_game_baseline`), which is the chance level a report should show beside them.
+`localisation_columns` scores a batch per image and `localisation_summary` averages a split.
 
 This module does not import any model family.
 """
@@ -304,3 +306,42 @@ def localisation_scores(cam: Any, mask: Any, tolerance_px: int = 0) -> dict[str,
         "pointing_baseline": pointing_game_baseline(mask, tolerance_px),
         "tolerance_px": int(tolerance_px),
     }
+
+
+def localisation_columns(cams: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor,
+                         y: torch.Tensor, tolerance_px: int = 0) -> dict[str, torch.Tensor]:
+    """Per-image localisation scores of a batch, as a classifier's `evaluate` returns them.
+
+    cams (B, H, W) and mask (B, 1, H, W) (bool); pred and y (B,) predicted and true classes.
+    Each output is a float32 (B,) tensor on `pred`'s device: cam_mass, cam_mass_base,
+    cam_point, cam_point_base (NaN for an image without a lesion pixel) and cam_correct
+    (1.0 where pred == y). `localisation_summary` averages them over a split.
+    """
+    m = mask[:, 0].bool().cpu()
+    has = m.flatten(1).any(1)
+    s = localisation_scores(cams.cpu(), m, tolerance_px)
+    nan = torch.full((len(cams),), float("nan"))
+
+    def col(v):
+        return torch.where(has, torch.as_tensor(np.asarray(v), dtype=torch.float32), nan).to(pred.device)
+
+    return {"cam_mass": col(s["mass_in_mask"]), "cam_mass_base": col(s["mass_baseline"]),
+            "cam_point": col(s["pointing_game"]), "cam_point_base": col(s["pointing_baseline"]),
+            "cam_correct": (pred == y).float()}
+
+
+def localisation_summary(collected: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Means of the per-image scores of `localisation_columns` (concatenated over a split):
+    loc/n lesion images, loc/{mass,mass_base,point,point_base} over them, and
+    loc/{mass,point}_correct over the correctly classified ones (NaN where there are none)."""
+    mass = collected["cam_mass"].double().cpu()
+    has = ~torch.isnan(mass)
+    correct = collected["cam_correct"].cpu().bool() & has
+    out = {"loc/n": float(has.sum())}
+    for key, name in (("cam_mass", "mass"), ("cam_mass_base", "mass_base"),
+                      ("cam_point", "point"), ("cam_point_base", "point_base")):
+        v = collected[key].double().cpu()
+        out[f"loc/{name}"] = float(v[has].mean()) if has.any() else float("nan")
+        if name in ("mass", "point"):
+            out[f"loc/{name}_correct"] = float(v[correct].mean()) if correct.any() else float("nan")
+    return out

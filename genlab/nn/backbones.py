@@ -9,13 +9,14 @@ unfreezing and the encoder export treat them alike:
 
 `stages()` lists the parameter groups bottom -> top (used for gradual unfreezing).
 
-    name            what it is (SPECS §6)
-    brain_tumor_nn  seed 002's net: conv 16-64-256 (3x3) with 2x2 max-pooling after each, dense 1,024
-    model1          seed 004 "Model 1": conv 32-64-128-128 (3x3), max-pool after each, flatten,
+    name            what it is
+    brain_tumor_nn  a small brain-tumour CNN: conv 16-64-256 (3x3) with 2x2 max-pooling after
+                    each, dense 1,024
+    model1          a plain CNN: conv 32-64-128-128 (3x3), max-pool after each, flatten,
                     dropout 0.5, dense 512
-    model2          seed 004 "Model 2": Model 1 + batch norm in every block and dropout 0.25 between
-                    blocks, flatten, dropout 0.5, dense 1,024
-    vgg_sep         seed 003's VGG-like net: two 3x3 conv + BN + ReLU per block, 2x2 max-pool; the
+    model2          model1 + batch norm in every block and dropout 0.25 between blocks,
+                    flatten, dropout 0.5, dense 1,024
+    vgg_sep         a VGG-like net: two 3x3 conv + BN + ReLU per block, 2x2 max-pool; the
                     upper blocks use depthwise-separable convs (depthwise 3x3 + pointwise 1x1, each
                     with BN); global average and max pooling, concatenated (2 x last width)
     resnet18        torchvision's ResNet-18 (weights=None) with a conv1 for C input channels; inputs
@@ -257,9 +258,10 @@ def build_backbone(name: str, in_shape: list[int], channels: list[int] | None = 
     """Build backbone `name` for inputs (C, H, W) = in_shape (see the module docstring).
 
     `channels` overrides a conv backbone's widths; `stem_stride` is the stride of the first conv
-    of brain_tumor_nn/model1/model2/vgg_sep (2 quarters the cost of full-resolution layers); `pretrained` (resnet18 only) loads ImageNet
-    weights from the local torch hub cache; `clahe` puts CLAHE in front; `encoder` =
-    {"builder", "config"} names the exported encoder that backbone "encoder" wraps.
+    of brain_tumor_nn/model1/model2/vgg_sep (2 quarters the cost of full-resolution layers);
+    `pretrained` (resnet18 only) loads ImageNet weights from the local torch hub cache; `clahe`
+    puts CLAHE in front; `encoder` = {"builder", "config"} names the exported encoder that
+    backbone "encoder" wraps.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
