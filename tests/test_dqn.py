@@ -16,7 +16,8 @@ from genlab.data.maze_source import TEST_SEED0, VAL_SEED0, MazeData, MazeDataCon
 from genlab.engine import checkpoints as ckpt
 from genlab.engine.trainer import Trainer
 from genlab.envs.maze import MazeConfig, parse_layout
-from genlab.families.dqn import DQN, Replay, nstep_transitions, pack_obs, td_target, unpack_obs
+from genlab.envs.replay import Replay, nstep_transitions, pack_obs, td_target, unpack_obs
+from genlab.families.dqn import DQN
 
 # Mouse at (1, 1) facing east; food at (1, 3) and (3, 5); a shock at (3, 3).
 HAND = """
@@ -113,7 +114,8 @@ def test_maze_splits_are_disjoint_held_out_seeds():
     assert d.size("train") > 0 and VAL_SEED0 > 2**31 and TEST_SEED0 > VAL_SEED0 + 2**31
     assert d.info.env.layout_of(VAL_SEED0 + 1) is d.info.env.layout_of(VAL_SEED0 + 1)  # cached
     # the same seeds whatever the recipe seed: every run is scored on the same mazes
-    assert torch.equal(MazeData(MazeDataConfig(val_size=4), seed=5).get("val", torch.arange(4))["x"], val["x"])
+    other = MazeData(MazeDataConfig(val_size=4), seed=5)
+    assert torch.equal(other.get("val", torch.arange(4))["x"], val["x"])
 
 
 def test_fixed_layout_source(tmp_path):
@@ -268,3 +270,32 @@ def test_training_envs_stream_or_pool():
     m = DQN(DQN.Config(arch="plan", channels=[4], hidden=[8], num_envs=3, buffer_size=16), pooled.info)
     assert len(m.envs.env._pool_layouts) == 5
     assert m.q(pooled.get("val", torch.arange(2))["x"]).shape == (2, 3)
+
+
+def test_set_rank_gives_each_process_its_own_envs():
+    cfg = MazeConfig(size=7, n_food=2, n_shock=1)
+    d = MazeData(MazeDataConfig(env=cfg, val_size=2, test_size=2), seed=0)
+    kw = {"channels": [4], "hidden": [8], "num_envs": 3, "buffer_size": 16}
+    one, r0, r1 = (DQN(DQN.Config(**kw), d.info) for _ in range(3))
+    r0.set_rank(0, 2)
+    r1.set_rank(1, 2)
+    assert torch.equal(r0.envs.env.seeds, one.envs.env.seeds)  # rank 0 plays what one process does
+    both = DQN(DQN.Config(**{**kw, "num_envs": 6}), d.info).envs.env.seeds
+    assert torch.equal(r1.envs.env.seeds, both[3:])  # rank 1: env numbers 3, 4, 5
+    assert not torch.equal(r1.envs.env._obs, r0.envs.env._obs)
+
+
+@pytest.mark.parametrize("arch", ["conv", "plan"])
+def test_qnet_bundle_round_trip(tmp_path, arch):
+    from genlab.nn.qnet import load_qnet
+
+    cfg = MazeConfig(size=7, n_food=2, n_shock=1)
+    d = MazeData(MazeDataConfig(env=cfg, val_size=4, test_size=2), seed=0)
+    m = DQN(DQN.Config(arch=arch, channels=[4], hidden=[8], num_envs=2, buffer_size=16), d.info)
+    path = m.export_qnet(tmp_path / "export")
+    assert path.name == "qnet.json" and (tmp_path / "export" / "qnet.safetensors").is_file()
+    net = load_qnet(tmp_path)  # a run folder: found in export/
+    assert net.bundle_meta["format"] == "genlab-qnet" and net.bundle_meta["config"]["arch"] == arch
+    x = d.get("val", torch.arange(4))["x"].float()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), m.q(x), rtol=0, atol=0)

@@ -15,7 +15,7 @@ from genlab.cli import main
 from genlab.core.errors import RecipeError
 from genlab.core.recipe import from_mapping
 from genlab.engine.trainer import Trainer
-from genlab.families.gan import GAN, ema_beta, gradient_penalty, mode_seeking_ratio
+from genlab.families.gan import GAN
 from genlab.metrics import generative as gen_metrics
 from genlab.nn.gan_blocks import (
     DiscHead,
@@ -25,6 +25,7 @@ from genlab.nn.gan_blocks import (
     gan_widths,
     load_generator,
 )
+from genlab.nn.gan_losses import ema_beta, gradient_penalty, mode_seeking_ratio
 
 
 def _recipe(steps=6, model=None, **train):

@@ -1,4 +1,4 @@
-"""MouseMaze: Gymnasium env, batched torch env and exact solver (SPECS §2)."""
+"""MouseMaze: Gymnasium env, batched torch env and exact solver."""
 from __future__ import annotations
 
 import warnings

@@ -11,16 +11,8 @@ from scipy import special
 from sklearn.datasets import load_digits
 
 from genlab.nn.dbn import DBNStack, sigmoid_mlp
-from genlab.nn.rbm import (
-    RBM,
-    ais_betas,
-    ais_log_likelihood,
-    ais_log_partition,
-    fit_cd,
-    free_energy_gap,
-    momentum_at,
-    pseudo_log_likelihood,
-)
+from genlab.nn.rbm import RBM, fit_cd, free_energy_gap, momentum_at, pseudo_log_likelihood
+from genlab.nn.rbm_ais import ais_betas, ais_log_likelihood, ais_log_partition
 from genlab.tools.rbm_sklearn import GenlabBernoulliRBM
 
 

@@ -11,7 +11,7 @@ import torch
 from genlab import load_encoder
 from genlab.core.recipe import from_mapping
 from genlab.engine.trainer import Trainer
-from genlab.families.rbm import phase_ends
+from genlab.nn.dbn import phase_ends
 
 SGD = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "grad_clip": None,
        "weight_decay": 1e-4, "device": "cpu", "batch_size": 32, "eval_batches": 2}

@@ -10,8 +10,11 @@ from PIL import Image
 from genlab.viz.render import (
     feature_maps,
     image_grid,
+    nearest_upscale,
+    rms_scale,
     save_png,
     side_by_side,
+    tile_grid,
     tile_kernels,
     tile_weights,
     triplets,
@@ -107,3 +110,27 @@ def test_side_by_side(tmp_path):
     save_png(fig, tmp_path / "evolution.png", min_size=0)
     with pytest.raises(ValueError):
         side_by_side(frames, ["only one"])
+
+
+def test_building_blocks_keep_values_and_channels():
+    tiles = torch.arange(12.0).view(3, 1, 2, 2)  # values outside [0, 1] are kept as they are
+    g = tile_grid(tiles, nrow=3, pad=1, pad_value=-1.0)
+    assert g.shape == (1, 2 + 1 + 1, 3 * 3 + 1)
+    assert torch.equal(g[0, 1:3, 4:6], tiles[1, 0]) and g[0, 0, 0] == -1.0
+    up = nearest_upscale(torch.tensor([[[1.0, 2.0]]]), 3)
+    assert up.shape == (1, 3, 6) and torch.equal(up[0, :, :3], torch.ones(3, 3))
+    assert rms_scale(torch.full((4, 4), -2.0)) == pytest.approx(6.0)
+
+
+def test_maze_drawings():
+    from genlab.envs.maze import parse_layout
+    from genlab.viz.maze import frame_strip, q_heatmap, q_map
+
+    layout = parse_layout("#####\n#>.F#\n#####")
+    q = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 3 * 5, 3))
+    m = q_map(q, layout, torch.device("cpu"))
+    assert m.shape == (4, 3, 5) and m[:, 1, 1:3].isfinite().all() and m[:, 0].isnan().all()
+    _ok(q_heatmap(m, layout, cell_px=4), channels=3)
+    frames = [np.full((12, 20, 3), i, np.uint8) for i in range(40)]
+    _ok(frame_strip(frames, max_frames=8, per_row=4), channels=3)
+

@@ -1,4 +1,4 @@
-"""MouseMaze: the robot mouse of SPECS §2 as a Gymnasium environment.
+"""MouseMaze: a robot mouse in a grid maze, as a Gymnasium environment.
 
 A mouse walks a grid maze looking for food while avoiding electric shocks. It sees the whole
 maze. This module holds the numpy side: the configuration, maze layouts (generated from a seed
@@ -132,7 +132,8 @@ class MazeConfig:
 
     def __post_init__(self):
         if not isinstance(self.size, int) or self.size < 5 or self.size % 2 == 0:
-            raise MazeError(f"size: expected an odd integer >= 5 (grid side incl. outer wall), got {self.size!r}")
+            raise MazeError(f"size: expected an odd integer >= 5 (grid side incl. outer wall), "
+                            f"got {self.size!r}")
         if self.n_food < 1:
             raise MazeError(f"n_food: expected >= 1, got {self.n_food}")
         if self.n_shock < 0:
@@ -475,7 +476,8 @@ class MouseMazeEnv(gym.Env):
                 raise MazeError(f"unknown MouseMaze option(s) {bad}; known: {sorted(names)}")
             cfg = dataclasses.replace(cfg, **overrides)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise MazeError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+            raise MazeError(f"render_mode must be one of {self.metadata['render_modes']}, "
+                            f"got {render_mode!r}")
         if layout is not None and layouts is not None:
             raise MazeError("give either layout or layouts, not both")
         self.config = cfg

@@ -6,7 +6,6 @@ gain in PSNR from corrupted input to reconstruction measures what it learned.
 """
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,7 +16,7 @@ from genlab.core.registry import register_family
 from genlab.core.schema import param
 from genlab.data.base import DataInfo
 from genlab.data.corrupt import Corruption
-from genlab.families.base import EncoderSpec, Family, StepContext
+from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
 from genlab.metrics.classification import psnr
 from genlab.nn.blocks import ConvDecoder, ConvEncoder, DenseDecoder, DenseEncoder, first_layer
 from genlab.nn.optim import build_optimizer
@@ -75,14 +74,15 @@ class Autoencoder(Family):
         self.cfg, self.info = cfg, info
         shape = list(info.input_shape)
         if cfg.arch == "conv":
-            self._enc_args = {"in_shape": shape, "channels": list(cfg.channels), "bottleneck": cfg.bottleneck,
-                                  "norm": cfg.norm, "activation": cfg.activation, "first_kernel": cfg.first_kernel}
+            self._enc_args = {"in_shape": shape, "channels": list(cfg.channels),
+                              "bottleneck": cfg.bottleneck, "norm": cfg.norm,
+                              "activation": cfg.activation, "first_kernel": cfg.first_kernel}
             self.encoder = ConvEncoder(**self._enc_args)
             self.decoder = ConvDecoder(shape, list(cfg.channels), cfg.bottleneck, cfg.norm, cfg.activation)
             self._builder = "conv_encoder"
         else:
-            self._enc_args = {"in_shape": shape, "hidden": list(cfg.hidden), "bottleneck": cfg.bottleneck,
-                                  "activation": cfg.activation}
+            self._enc_args = {"in_shape": shape, "hidden": list(cfg.hidden),
+                              "bottleneck": cfg.bottleneck, "activation": cfg.activation}
             self.encoder = DenseEncoder(**self._enc_args)
             self.decoder = DenseDecoder(shape, list(cfg.hidden), cfg.bottleneck, cfg.activation)
             self._builder = "dense_encoder"
@@ -110,17 +110,10 @@ class Autoencoder(Family):
         ctx.update("main", loss)
         return {"loss": loss.detach()}
 
-    def _eval_generator(self, batch) -> torch.Generator:
-        # Evaluation noise depends only on which examples are in the batch, so metrics are
-        # comparable across steps and runs and evaluation never touches the global RNG.
-        idx = batch.get("index")
-        key = zlib.crc32(idx.cpu().numpy().tobytes()) if idx is not None else 0
-        return torch.Generator(device=batch["x"].device).manual_seed(key)
-
     @torch.no_grad()
     def evaluate(self, batch):
         clean = batch["x"]
-        noisy = self.cfg.corruption(clean, generator=self._eval_generator(batch))
+        noisy = self.cfg.corruption(clean, generator=eval_generator(batch, clean.device))
         recon = self(noisy).float()
         out = {"loss": self._loss(recon, clean), "mse": F.mse_loss(recon, clean),
                "psnr": psnr(recon, clean)}
@@ -132,7 +125,7 @@ class Autoencoder(Family):
     @torch.no_grad()
     def renders(self, batch):
         clean = batch["x"][:8]
-        noisy = self.cfg.corruption(clean, generator=self._eval_generator(batch))
+        noisy = self.cfg.corruption(clean, generator=eval_generator(batch, clean.device))
         recon = self(noisy).float()
         layer = first_layer(self.encoder)
         out = {}

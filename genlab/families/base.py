@@ -184,3 +184,14 @@ def require(model_or_cls, capability: str, wanted_by: str) -> None:
     able = sorted(n for n, c in FAMILIES.items() if capability in c.capabilities)
     raise GenlabError(f"{wanted_by} needs a family that {CAPABILITIES[capability]}; "
                       f"{cls.family_name!r} does not (families that do: {', '.join(able) or 'none'})")
+
+
+def eval_generator(batch: dict, device: torch.device | str | None = None) -> torch.Generator:
+    """A generator for evaluation noise, seeded by which examples are in the batch (the CRC-32
+    of its "index" tensor; 0 without one): metrics compare across steps and runs, and evaluation
+    never touches the global RNG. `device`: where it draws (None: the CPU)."""
+    import zlib
+
+    idx = batch.get("index")
+    key = zlib.crc32(idx.cpu().numpy().tobytes()) if idx is not None else 0
+    return torch.Generator(device=device).manual_seed(key)

@@ -7,11 +7,7 @@ The defaults are the SN-GAN setup that scored best on the brain slices (hinge lo
 norm in D, resize + 3x3 conv upsampling in G); recipes/gan_brain.yaml adds the two anti-collapse
 options below (d_mbstd, g_diversity); recipes/gan_digits.yaml is the classic DCGAN.
 
-Losses (D(x) is a raw score, "logit"):
-    ns       D: softplus(-D(x)) + softplus(D(G(z)))        G: softplus(-D(G(z)))  (non-saturating)
-    hinge    D: relu(1 - D(x)) + relu(1 + D(G(z)))         G: -D(G(z))
-    wgan-gp  D: D(G(z)) - D(x) + gp_weight * GP            G: -D(G(z))
-with GP = E[(|grad_x D(x_hat)|_2 - 1)^2], x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per sample.
+Losses: ns (non-saturating), hinge, wgan-gp; their formulas are in genlab.nn.gan_losses.
 Against mode collapse, optionally: a minibatch-std feature in D's head (`d_mbstd`) and a
 mode-seeking term in G's loss, - g_diversity * log(mean |G(z1) - G(z2)| / mean |z1 - z2|).
 
@@ -31,21 +27,27 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from genlab.core.errors import RecipeError
 from genlab.core.registry import register_family
 from genlab.core.schema import param
 from genlab.data.base import DataInfo
-from genlab.families.base import EncoderSpec, Family, StepContext
+from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
 from genlab.metrics import generative as gen_metrics
-from genlab.nn.gan_blocks import Discriminator, DiscTrunk, Generator, gan_widths, save_generator
+from genlab.nn.gan_blocks import Discriminator, Generator, gan_widths, save_generator
+from genlab.nn.gan_losses import (
+    d_loss_fn,
+    ema_beta,
+    g_loss_fn,
+    gradient_penalty,
+    mode_seeking_ratio,
+    random_conv_judge,
+)
 from genlab.nn.optim import build_optimizer
 from genlab.viz.render import image_grid, tile_kernels
 
@@ -87,59 +89,6 @@ class GANConfig:
     fid_samples: int = param(500, ge=8, help="samples per set for FD and precision/recall (the split "
                              "evaluated must hold 2x this; fewer: N/2, reported as fid_samples)")
     pr_k: int = param(3, ge=1, help="k of the k-NN manifolds for precision/recall")
-
-
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP (Gulrajani et al. 2017): mean over the batch of (|grad D(x_hat)|_2 - 1)^2 at
-    x_hat = eps * real + (1 - eps) * fake; eps (B, 1, 1, 1). Differentiable (create_graph)."""
-    x_hat = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
-    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
-def d_loss_fn(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
-    if kind == "ns":
-        return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-    if kind == "hinge":
-        return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-    return d_fake.mean() - d_real.mean()  # wgan-gp, penalty added by the caller
-
-
-def g_loss_fn(kind: str, d_fake: torch.Tensor) -> torch.Tensor:
-    return F.softplus(-d_fake).mean() if kind == "ns" else -d_fake.mean()
-
-
-def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor, pool: int = 4) -> torch.Tensor:
-    """Mode-seeking ratio (Mao et al. 2019) of a generated batch: pair example i of the first
-    half with example i of the second, mean |G(z1) - G(z2)| / mean |z1 - z2|. The images are
-    average-pooled by `pool` first, so the ratio rewards varied content (shape, size, contrast,
-    lesions) rather than per-pixel noise. Differentiable; a collapsed G scores near 0."""
-    h = fake.shape[0] // 2
-    if min(fake.shape[-2:]) >= 2 * pool:
-        fake = F.avg_pool2d(fake, pool)
-    num = (fake[:h] - fake[h:2 * h]).abs().mean()
-    den = (z[:h] - z[h:2 * h]).abs().mean()
-    return num / den.clamp_min(1e-8) + 1e-8
-
-
-def ema_beta(step: int, decay: float) -> float:
-    """EMA weight of the old average at (0-based) generator step `step`: the ramp keeps the
-    average from being dominated by the random initialisation early in training."""
-    return min(decay, (1 + step) / (10 + step))
-
-
-def random_conv_judge(in_shape, seed: int = 0) -> DiscTrunk:
-    """A conv net with fixed random weights (He-normal, zero bias) built without touching the
-    global RNG: 'random features' for a Fréchet distance when no trained encoder is given."""
-    _, h, w = in_shape
-    with torch.random.fork_rng(devices=[]):
-        net = DiscTrunk(list(in_shape), gan_widths(h, w, 16, 128), 128)
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            torch.nn.init.kaiming_normal_(m.weight, a=0.2, nonlinearity="leaky_relu", generator=g)
-            torch.nn.init.zeros_(m.bias)
-    return net.eval().requires_grad_(False)
 
 
 @register_family("gan")
@@ -264,18 +213,11 @@ class GAN(Family):
                                 "Try spectral_norm, hinge loss, a lower lr_d or a higher lr_g.")
         return logs
 
-    def _eval_generator(self, batch) -> torch.Generator:
-        # Noise depends only on which examples are in the batch: comparable across evaluations,
-        # and evaluation never touches the global RNG.
-        idx = batch.get("index")
-        key = zlib.crc32(idx.cpu().numpy().tobytes()) if idx is not None else 0
-        return torch.Generator().manual_seed(key)
-
     @torch.no_grad()
     def evaluate(self, batch):
         x = batch["x"]
         y = batch["y"] if self.conditional else None
-        fake = self.G_ema(self._noise(x.shape[0], x.device, self._eval_generator(batch)), y).float()
+        fake = self.G_ema(self._noise(x.shape[0], x.device, eval_generator(batch)), y).float()
         d_real, d_fake = self.D(x, y).float(), self.D(fake, y).float()
         judge = self._judge["net"].to(x.device)
         return {"d_real": d_real.mean(), "d_fake": d_fake.mean(),  # D's mean raw score
@@ -314,7 +256,8 @@ class GAN(Family):
         za, zb = self._noise(4, device, g), self._noise(4, device, g)
         t = torch.linspace(0, 1, 8, device=device)[None, :, None]
         zi = (za[:, None] * (1 - t) + zb[:, None] * t).reshape(32, -1)
-        li = None if labels is None else torch.arange(4, device=device).repeat_interleave(8) % self.info.num_classes
+        li = (None if labels is None
+              else torch.arange(4, device=device).repeat_interleave(8) % self.info.num_classes)
         out["interpolations"] = image_grid(self.G_ema(zi, li), nrow=8)
         out["d_filters"] = tile_kernels(self.D.trunk.features[0].weight)
         out["real"] = image_grid(batch["x"][:n], nrow=8)

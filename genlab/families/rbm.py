@@ -1,64 +1,48 @@
-"""Restricted Boltzmann machines ("rbm") and deep belief nets ("dbn") through the shared trainer.
+"""Restricted Boltzmann machines ("rbm") through the shared trainer. Deep belief nets ("dbn",
+genlab.families.dbn) are this family with more layers and an optional fine-tuning phase.
 
-Both are a `DBNStack` (genlab.nn.dbn): an "rbm" is a stack of one layer. Layer l is trained by
-CD-k or PCD-k on the probabilities P(h|v) of the layers below it (computed without grad), one
-layer after the other within one run (greedy, Hinton, Osindero & Teh 2006); a DBN may end with a
-fine-tuning phase of the unrolled autoencoder (Hinton & Salakhutdinov 2006).
+An "rbm" is a `DBNStack` (genlab.nn.dbn) of one layer. Layer l is trained by CD-k or PCD-k on the
+probabilities P(h|v) of the layers below it (computed without grad), one layer after the other
+within one run (greedy, Hinton, Osindero & Teh 2006): `phase(step)` says which.
 
 The update. `RBM.cd_loss(v_data, v_model)` = mean F(v_data) - mean F(v_model) (negative sample
 detached) has the CD gradient, so the trainer's `ctx.update` applies it with any optimizer. With
-`train.optimizer: sgd` the momentum follows Hinton's schedule: `momentum_initial` for the first
-`momentum_switch` steps of each layer's phase, then `train.momentum` (set on the optimizer's param
-groups before each step). `train.weight_decay` is an L2 penalty on the weights W only, never on
-biases or sigma. The lr schedule runs on the global step: use `schedule: constant` for a DBN.
-A DBN's `layer_lr` gives each layer its own learning rate (else `train.lr` for all).
-Sampling (Gibbs chains, PCD chains in the `chains` buffers) uses the global torch RNG, which the
-trainer checkpoints, so kill-and-resume continues identically.
+`train.optimizer: sgd` the momentum follows Hinton's schedule (`momentum_initial` for the first
+`momentum_switch` steps of each layer's phase, then `train.momentum`). `train.weight_decay` is an
+L2 penalty on the weights W only. The lr schedule runs on the global step: use `schedule:
+constant` for a DBN. Gibbs and PCD chains (the `chains` buffers) use the global torch RNG, which
+the trainer checkpoints, so kill-and-resume continues identically.
 
-Visible units. Bernoulli units see the [0, 1] pixel values as probabilities (common practice,
-Hinton's guide section 3); `sample_visible: true` feeds a fresh Bernoulli sample of them instead.
-Gaussian units (grey images) have a fixed or learned sigma per pixel. Their hidden units see
-W (v / sigma), so uncentred images (every brain slice is mostly the same bright head) drive them
-into saturation: each unit ends up on, or off, for every image and carries no information.
-`center: true` (Gaussian only) subtracts a fixed offset, the mean image of the first training
-batch, from v before the stack (data centring, in the spirit of Montavon & Mueller's 2012
-centring trick; b_v learns what the offset misses); renders, samples and reconstructions add it back, and the exported encoder and the
-unrolled autoencoder fold it into their biases, so they take raw images.
+Visible units. Bernoulli units see the [0, 1] pixel values as probabilities (Hinton's guide,
+section 3). Gaussian units (grey images) have a fixed or learned sigma per pixel; their hidden
+units see W (v / sigma), so uncentred images (every brain slice is mostly the same bright head)
+drive them into saturation, each unit on, or off, for every image. `center: true` subtracts a
+fixed offset, the mean image of the first training batch, from v before the stack (in the spirit
+of Montavon & Mueller's 2012 centring trick); renders, samples and reconstructions add it back,
+and the exported encoder and the unrolled autoencoder fold it into their biases.
 
-Phases. Layer l trains for `steps_per_layer[l]` steps, then `finetune_steps` of fine-tuning; the
-phase lengths are scaled to add up to `train.steps` (used as they are when they already do), each
-phase keeping at least one step. Empty `steps_per_layer`: the layers share the steps equally.
-
-Monitors (evaluate / summarize), all about the FIRST layer except `loss` and `recon_layer<l>`:
-  loss            MSE of the deterministic up-down reconstruction through the whole stack (or of
-                  the fine-tuned autoencoder); `recon_layer<l>`: each RBM's one-step error
+Monitors, all about the FIRST layer except `loss` and `recon_layer<l>`:
+  loss            MSE of the deterministic up-down reconstruction through the whole stack;
+                  `recon_layer<l>`: each RBM's one-step error
   pll             pseudo-log-likelihood per example, the noise-free expectation of scikit-learn's
                   `BernoulliRBM.score_samples` on the same (unbinarised) data (Bernoulli only)
   free_energy, free_energy_train, free_energy_gap
                   mean F on the split, on a fixed cached subset of training examples (the first
                   `gap_examples` seen), and their difference (> 0 and growing: overfitting)
-  ais_log_z (+ _se: standard error, ais_log_w_sd: spread of the log importance weights),
-  ais_log_likelihood (+ _lower: from log Z + 3 sd)
-                  annealed importance sampling, `ais_runs` runs over `ais_betas` temperatures, at
-                  the end of training and every `ais_every` steps, with its own seeded generator
+  ais_*           annealed importance sampling (genlab.nn.rbm_ais.ais_monitors), `ais_runs` runs
+                  over `ais_betas` temperatures, at the end of training and every `ais_every`
+                  steps, with its own seeded generator
 Training scalars: `loss` (the CD free-energy difference: its gradient is the update, its value
-is no likelihood; the reconstruction BCE while fine-tuning), `recon_error` of the active layer,
-`phase` (the active layer; L while fine-tuning).
+is no likelihood), `recon_error` of the active layer, `phase` (the active layer).
 
-Renders: `filters`, the first layer (one tile per hidden unit, its weights on v shaped as the
-image; after fine-tuning the fine-tuned encoder's). Contrast: one scale for all tiles of a frame,
-3 x the RMS of the weights shown (`filter_scale: null`): the init noise is visible at step 0 and a
-few strong units saturate instead of greying the rest; the weights' growth over time is in the
-`weights/*` histograms. A number for `filter_scale` fixes the scale across frames instead (step 0
-is then a flat grey). `receptive_fields_layer<l>`: deeper units as W_l ... W_1 W_0 (linear, the
-sigmoids ignored), same contrast rule. `reconstructions`, `samples` (Gibbs at the top of the
-trained part of the stack from random, `sample_gibbs_steps` sweeps, fixed generator, then the
-mean-field down pass), `pcd_chains` (the first layer's fantasy particles). Histograms:
-`hidden_probs_layer<l>`. Renders and monitors never touch the global RNG.
+Renders (drawn by genlab.viz.rbm): `filters`, `receptive_fields_layer<l>`, `reconstructions`,
+`samples` (Gibbs at the top of the trained part of the stack, `sample_gibbs_steps` sweeps, fixed
+generator, then the mean-field down pass), `pcd_chains` (the first layer's fantasy particles).
+Histograms: `hidden_probs_layer<l>`. Renders and monitors never touch the global RNG.
 """
 from __future__ import annotations
 
-import zlib
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,11 +52,12 @@ import torch.nn.functional as F
 from genlab.core.registry import register_family
 from genlab.core.schema import param
 from genlab.data.base import DataInfo
-from genlab.families.base import EncoderSpec, Family, StepContext
-from genlab.nn.dbn import DBNStack
+from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
+from genlab.nn.dbn import DBNStack, phase_ends
 from genlab.nn.optim import build_optimizer
-from genlab.nn.rbm import ais_log_partition, momentum_at, pseudo_log_likelihood
-from genlab.viz.render import image_grid, tile_weights, triplets
+from genlab.nn.rbm import momentum_at, pseudo_log_likelihood
+from genlab.nn.rbm_ais import ais_log_partition, ais_monitors
+from genlab.viz.rbm import stack_renders
 
 
 @dataclass
@@ -129,62 +114,6 @@ class RBMConfig(_CDConfig):
         return [1.0], 0
 
 
-@dataclass
-class DBNConfig(_CDConfig):
-    layers: list[int] = param(default_factory=lambda: [256, 100], ge=1,
-                              help="hidden layer sizes, bottom to top (the input size comes first)")
-    steps_per_layer: list[int] = param(default_factory=list, ge=1, help="greedy steps per layer, "
-                                       "scaled to train.steps (empty: an equal share)")
-    finetune_steps: int = param(0, ge=0, help="steps fine-tuning the unrolled autoencoder last")
-    finetune_lr: float = param(1e-3, gt=0, help="Adam learning rate of the fine-tuning phase")
-    layer_lr: list[float] = param(default_factory=list, gt=0, help="learning rate of each layer, "
-                                  "bottom to top (empty: train.lr for all); a Gaussian bottom "
-                                  "wants ~10-100x less than the Bernoulli layers above it")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not self.layers:
-            raise ValueError("layers: a DBN needs at least one hidden layer")
-        if self.steps_per_layer and len(self.steps_per_layer) != len(self.layers):
-            raise ValueError(f"steps_per_layer: expected {len(self.layers)} numbers (one per "
-                             f"layer), got {len(self.steps_per_layer)}")
-        if self.layer_lr and len(self.layer_lr) != len(self.layers):
-            raise ValueError(f"layer_lr: expected {len(self.layers)} numbers (one per layer), "
-                             f"got {len(self.layer_lr)}")
-
-    def hidden_sizes(self) -> list[int]:
-        return list(self.layers)
-
-    def phase_weights(self) -> tuple[list[float], int]:
-        if self.steps_per_layer:
-            return [float(s) for s in self.steps_per_layer], self.finetune_steps
-        return [], self.finetune_steps  # an equal share of what fine-tuning leaves
-
-
-def _rms3(w: torch.Tensor) -> float:
-    """The default filter contrast: 3 x the RMS of all weights shown, one scale for every tile of
-    the frame (tiles compare with each other; outliers saturate instead of greying the rest)."""
-    return 3.0 * float(w.detach().float().pow(2).mean().sqrt()) + 1e-12
-
-
-def _upscale(img: torch.Tensor, f: int) -> torch.Tensor:
-    return img.repeat_interleave(f, -2).repeat_interleave(f, -1) if f > 1 else img
-
-
-def phase_ends(weights: list[float], total: int) -> list[int]:
-    """End step (exclusive) of each phase: weights scaled to sum to `total`, each >= 1 step when
-    total allows, the last ending at `total`."""
-    n, s = len(weights), sum(weights)
-    ends, acc = [], 0.0
-    for i, w in enumerate(weights):
-        acc += w
-        e = round(acc / s * total) if s > 0 else total
-        lo = ends[-1] + 1 if ends else 1
-        ends.append(min(max(e, lo), total - (n - 1 - i), total))
-    ends[-1] = total
-    return ends
-
-
 @register_family("rbm")
 class RBMFamily(Family):
     """A single RBM (Bernoulli or Gaussian visible units) trained by CD-k / PCD-k."""
@@ -197,9 +126,7 @@ class RBMFamily(Family):
         super().__init__()
         self.cfg, self.info = cfg, info
         self.input_shape = list(info.input_shape)
-        n_vis = 1
-        for d in self.input_shape:
-            n_vis *= int(d)
+        n_vis = math.prod(int(d) for d in self.input_shape)
         sizes = [n_vis, *cfg.hidden_sizes()]
         self.stack = DBNStack(sizes, visible=cfg.visible, learn_sigma=cfg.learn_sigma, sigma=cfg.sigma)
         with torch.no_grad():
@@ -207,8 +134,7 @@ class RBMFamily(Family):
                 layer.W.normal_(0.0, cfg.init_std)
                 layer.n_chains = cfg.n_chains
         self.L = len(self.stack.layers)
-        ft = getattr(cfg, "finetune_steps", 0)
-        self.autoencoder = self.stack.to_autoencoder(self.input_shape) if ft else None
+        self.autoencoder = self._build_autoencoder()
         # State that checkpoints must hold (buffers): steps taken, which layers had their visible
         # bias initialised, the cached training subset, whether fine-tuning has begun.
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
@@ -222,6 +148,9 @@ class RBMFamily(Family):
         self._ais_cache: tuple | None = None
         self._opts: dict = {}
         self._final_momentum = 0.9
+
+    def _build_autoencoder(self) -> torch.nn.Module | None:  # a DBN's unrolled stack
+        return None
 
     # -- phases ------------------------------------------------------------------------------
     def phase(self, step: int) -> int:
@@ -238,13 +167,12 @@ class RBMFamily(Family):
         self._ends, self._total = phase_ends(weights, train.steps), train.steps
         self._final_momentum = train.momentum
         opts = {}
-        layer_lr = getattr(self.cfg, "layer_lr", None) or [None] * self.L
+        layer_lr = self._layer_lr()
         for i, rbm in enumerate(self.stack.layers):
             others = [p for n, p in rbm.named_parameters() if n != "W"]
             groups = [{"params": [rbm.W]}, {"params": others, "weight_decay": 0.0}]
             opts[f"layer{i}"] = build_optimizer(groups, train, lr=layer_lr[i])
-        if self.autoencoder is not None:
-            opts["finetune"] = torch.optim.Adam(self.autoencoder.parameters(), lr=self.cfg.finetune_lr)
+        opts.update(self._more_optimizers())
         for name, opt in opts.items():
             # The trainer steps every lr scheduler each step while only the active phase's
             # optimizer steps: idle optimizers are intended, so skip torch's ordering warning.
@@ -252,6 +180,12 @@ class RBMFamily(Family):
                 opt._opt_called = True
         self._opts = opts  # the same objects the trainer steps (and restores on resume)
         return opts
+
+    def _layer_lr(self) -> list[float | None]:  # None: train.lr
+        return [None] * self.L
+
+    def _more_optimizers(self) -> dict[str, torch.optim.Optimizer]:  # a DBN's fine-tuning
+        return {}
 
     # -- training ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -274,9 +208,10 @@ class RBMFamily(Family):
             with torch.no_grad():
                 self.v_offset.copy_(ctx.all_gather_cat(v).mean(0))  # DDP: the global batch
         self.steps_done += 1
-        p = self.phase(ctx.step)
-        if p == self.L:
-            return self._finetune_step(v, ctx)
+        return self._phase_step(self.phase(ctx.step), v, ctx)
+
+    def _phase_step(self, p: int, v: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """One CD/PCD update of layer p on the probabilities of the layers below it."""
         cfg, rbm = self.cfg, self.stack.layers[p]
         with torch.no_grad():
             if p == 0 and cfg.visible == "bernoulli" and cfg.sample_visible:
@@ -298,31 +233,9 @@ class RBMFamily(Family):
         ctx.update(f"layer{p}", loss)
         return {"loss": loss.detach(), "recon_error": recon, "phase": torch.tensor(float(p), device=v.device)}
 
-    def _finetune_step(self, v, ctx):
-        if not self.finetuned:  # the first fine-tuning step: unroll the trained stack
-            with torch.no_grad():
-                self.autoencoder.load_state_dict(self.stack.to_autoencoder(self.input_shape).state_dict())
-                if self.cfg.center:  # raw images in and out: the offset goes into the biases
-                    lins = [m for m in self.autoencoder.modules() if isinstance(m, torch.nn.Linear)]
-                    lins[0].bias.sub_(lins[0].weight @ self.v_offset)
-                    lins[-1].bias.add_(self.v_offset)  # the Gaussian bottom's output is linear
-            self.finetuned.fill_(True)
-        with ctx.autocast():
-            out = self.autoencoder(v.view(-1, *self.input_shape)).flatten(1).float()
-        if self.cfg.visible == "bernoulli":
-            loss = F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), v)
-        else:
-            loss = F.mse_loss(out, v)
-        ctx.update("finetune", loss)
-        return {"loss": loss.detach(), "recon_error": F.mse_loss(out.detach(), v),
-                "phase": torch.tensor(float(self.L), device=v.device)}
-
     # -- the deterministic model -------------------------------------------------------------
     def _enc_params(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(weight on the layer's input, bias) per layer, exactly as the exported MLP holds them."""
-        if self.autoencoder is not None and bool(self.finetuned):
-            lins = [m for m in self.autoencoder.encoder if isinstance(m, torch.nn.Linear)]
-            return [(m.weight, m.bias) for m in lins]
         out = [((r.W / r.sigma) if r.visible == "gaussian" else r.W, r.b_h) for r in self.stack.layers]
         if self.cfg.center:  # sigmoid(W'(v - c) + b) = sigmoid(W'v + (b - W'c))
             w0, b0 = out[0]
@@ -354,8 +267,6 @@ class RBMFamily(Family):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean-field up pass through every layer and down again, (B, V)."""
-        if self.autoencoder is not None and bool(self.finetuned):
-            return self.autoencoder(x.view(-1, *self.input_shape)).flatten(1)
         h = self.stack.up(self._centered(x))
         for rbm in reversed(self.stack.layers):
             h = rbm.p_v_given_h(h)
@@ -368,27 +279,12 @@ class RBMFamily(Family):
         mean-field down pass. (n, C, H, W). The model is unconditional: `labels` must be None."""
         if labels is not None:
             raise ValueError("an RBM/DBN samples unconditionally: it takes no labels")
-        top = self.L - 1 if top is None else top
-        rbm = self.stack.layers[top]
-        dev = rbm.W.device
-        if rbm.visible == "bernoulli":
-            x = (torch.rand((n, rbm.n_visible), generator=generator, device=dev) < 0.5).to(rbm.W)
-        else:
-            x = rbm.b_v + rbm.sigma * torch.randn((n, rbm.n_visible), generator=generator, device=dev)
-        x = rbm.gibbs_k(x, self.cfg.sample_gibbs_steps, generator)
-        x = rbm.p_v_given_h(rbm.sample_h(x, generator))
-        for layer in reversed(self.stack.layers[:top]):
-            x = layer.p_v_given_h(x)
+        x = self.stack.sample(n, self.cfg.sample_gibbs_steps, generator, top=top)
         if self.cfg.center:  # layer 0's visible units are centred
             x = x + self.v_offset
         return x.view(n, *self.input_shape)
 
     # -- monitors ----------------------------------------------------------------------------
-    def _eval_generator(self, batch, device) -> torch.Generator:
-        idx = batch.get("index")
-        key = zlib.crc32(idx.cpu().numpy().tobytes()) if idx is not None else 0
-        return torch.Generator(device=device).manual_seed(key)
-
     @torch.no_grad()
     def evaluate(self, batch):
         v = batch["x"].flatten(1)
@@ -400,7 +296,7 @@ class RBMFamily(Family):
                 out[f"recon_layer{i}"] = rbm.reconstruction_error(h)
                 h = rbm.p_h_given_v(h)
         if rbm0.visible == "bernoulli" and self.cfg.pll != "off":
-            gen = self._eval_generator(batch, v.device) if self.cfg.pll == "stochastic" else None
+            gen = eval_generator(batch, v.device) if self.cfg.pll == "stochastic" else None
             out["pll"] = pseudo_log_likelihood(rbm0, v, generator=gen, exact=self.cfg.pll == "exact",
                                                binarize=False).mean()
         out["free_energy"] = rbm0.double_free_energy(self._centered(v))  # (B,) float64: for summarize
@@ -421,12 +317,7 @@ class RBMFamily(Family):
         due = done > 0 and ((self._total is not None and done >= self._total)
                             or (self.cfg.ais_every and done % self.cfg.ais_every == 0))
         if self.cfg.ais_runs and due:
-            ais = self._ais(ref if n else None)
-            out["ais_log_z"] = ais["log_z"].item()
-            out["ais_log_z_se"] = ais["log_z_std"].item()
-            out["ais_log_w_sd"] = ais["log_weights"].std().item() if self.cfg.ais_runs > 1 else 0.0
-            out["ais_log_likelihood"] = (-fe - ais["log_z"]).item()
-            out["ais_log_likelihood_lower"] = (-fe - ais["log_z_upper"]).item()
+            out.update(ais_monitors(self._ais(ref if n else None), fe))
         return out
 
     def _ais(self, ref: torch.Tensor | None) -> dict:
@@ -445,28 +336,16 @@ class RBMFamily(Family):
     @torch.no_grad()
     def renders(self, batch):
         x = batch["x"]
-        shape, k = self.input_shape, self.cfg.render_units
-        up = max(1, min(8, 32 // max(shape[-2:])))  # 8x8 digits: 4x, so TensorBoard shows them
-        params = self._enc_params()
-        w0 = params[0][0][:k]
-        out = {"filters": tile_weights(w0, shape, scale=self.cfg.filter_scale or _rms3(w0), upscale=up)}
-        field = params[0][0]
-        for i, (w, _) in enumerate(params[1:], start=1):
-            field = w @ field  # (H_i, V): unit j's linear receptive field on the input
-            out[f"receptive_fields_layer{i}"] = tile_weights(field[:k], shape, scale=_rms3(field[:k]),
-                                                             upscale=up)
         n = min(8, x.shape[0])
-        recon = self.reconstruct(x[:n].flatten(1)).view(n, *shape)
-        out["reconstructions"] = _upscale(triplets(x[:n], None, recon), up)
+        recon = self.reconstruct(x[:n].flatten(1)).view(n, *self.input_shape)
         top = min(self.phase(max(int(self.steps_done) - 1, 0)), self.L - 1)
         gen = torch.Generator(device=x.device).manual_seed(self.cfg.ais_seed)
-        out["samples"] = _upscale(image_grid(self.sample(32, gen, top=top).clamp(0, 1), nrow=8), up)
+        samples = self.sample(32, gen, top=top)
         chains = self.stack.layers[0].chains
         if chains.shape[0] and self.cfg.center:
             chains = chains + self.v_offset
-        if chains.shape[0]:
-            out["pcd_chains"] = _upscale(image_grid(chains[:32].view(-1, *shape).clamp(0, 1), nrow=8), up)
-        return out
+        return stack_renders([w for w, _ in self._enc_params()], self.input_shape,
+                             self.cfg.render_units, self.cfg.filter_scale, x[:n], recon, samples, chains)
 
     @torch.no_grad()
     def histograms(self, batch):
@@ -475,10 +354,3 @@ class RBMFamily(Family):
             h = rbm.p_h_given_v(h)
             out[f"hidden_probs_layer{i}"] = h
         return out
-
-
-@register_family("dbn")
-class DBNFamily(RBMFamily):
-    """A deep belief net: RBMs stacked by `layers`, trained greedily in turn, optionally fine-tuned."""
-
-    Config = DBNConfig

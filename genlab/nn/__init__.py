@@ -1,34 +1,20 @@
-"""Reusable blocks and the encoder builders an exported bundle names.
+"""Reusable networks and their maths: blocks and backbones, RBMs and DBN stacks, GAN nets and
+losses, the DQN's Q-network, optimizers, and the encoder builders an exported bundle names.
 
-`ENCODER_BUILDERS[name](**config)` rebuilds an exported encoder with no access to the
-family or the recipe that trained it (see genlab.families.export).
+`ENCODER_BUILDERS` and `register_encoder_builder` live in genlab.nn.builders and are reachable
+from here too (loaded on first use, so importing a submodule of this package stays light and the
+package never imports its own submodules while it is being imported).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
-from torch import nn
+_LAZY = {"ENCODER_BUILDERS": "genlab.nn.builders", "register_encoder_builder": "genlab.nn.builders"}
 
-from genlab.nn.blocks import ConvEncoder, DenseEncoder
-from genlab.nn.dbn import sigmoid_mlp
-from genlab.nn.gan_blocks import DiscTrunk
-
-ENCODER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "conv_encoder": ConvEncoder,
-    "dense_encoder": DenseEncoder,
-    "gan_disc_trunk": DiscTrunk,
-    "sigmoid_mlp": sigmoid_mlp,
-}
+__all__ = ["ENCODER_BUILDERS", "register_encoder_builder"]
 
 
-def _classifier_backbone(**config) -> nn.Module:  # imported late: backbones imports this package
-    from genlab.nn.backbones import build_backbone
-
-    return build_backbone(**config)
-
-
-ENCODER_BUILDERS["classifier_backbone"] = _classifier_backbone
-
-
-def register_encoder_builder(name: str, fn: Callable[..., nn.Module]) -> None:
-    ENCODER_BUILDERS[name] = fn
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'genlab.nn' has no attribute {name!r}")

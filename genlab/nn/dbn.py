@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from genlab.nn.rbm import RBM, _flat
 
-__all__ = ["DBNStack", "sigmoid_mlp"]
+__all__ = ["DBNStack", "phase_ends", "sigmoid_mlp"]
 
 
 def sigmoid_mlp(sizes: list[int], input_shape: list[int] | None = None) -> nn.Module:
@@ -97,27 +97,29 @@ class DBNStack(nn.Module):
         gibbs_steps: int = 1000,
         generator: torch.Generator | None = None,
         init: Tensor | None = None,
+        top: int | None = None,
     ) -> Tensor:
-        """n samples: a Gibbs chain in the top RBM, then a deterministic down pass.
+        """n samples: a Gibbs chain in RBM `top` (None: the top one), then a deterministic down pass.
 
-        The chain starts from `init` data up-propagated to the top RBM's visible layer (its first
+        The chain starts from `init` data up-propagated to that RBM's visible layer (its first
         n rows, cycled) or, if None, from random states; after `gibbs_steps` sweeps the last
-        hidden sample is mapped down with probabilities (means) through every layer. Returns
-        (n, n_visible) visible probabilities (means for a Gaussian bottom).
+        hidden sample is mapped down with probabilities (means) through every layer below.
+        Returns (n, n_visible) visible probabilities (means for a Gaussian bottom).
         """
-        top = self.layers[-1]
-        p = top.W
+        top = len(self.layers) - 1 if top is None else top
+        rbm = self.layers[top]
+        p = rbm.W
         if init is not None:
-            x = self.up(init, upto=len(self.layers) - 1)
+            x = self.up(init, upto=top)
             x = x[torch.arange(n, device=x.device) % x.shape[0]].to(p)
-        elif top.visible == "bernoulli":
-            x = (torch.rand((n, top.n_visible), generator=generator, device=p.device) < 0.5).to(p)
+        elif rbm.visible == "bernoulli":
+            x = (torch.rand((n, rbm.n_visible), generator=generator, device=p.device) < 0.5).to(p)
         else:
-            z = torch.randn((n, top.n_visible), generator=generator, device=p.device).to(p)
-            x = top.b_v + top.sigma * z
-        x = top.gibbs_k(x, gibbs_steps, generator)
-        x = top.p_v_given_h(top.sample_h(x, generator))
-        for layer in reversed(self.layers[:-1]):
+            z = torch.randn((n, rbm.n_visible), generator=generator, device=p.device).to(p)
+            x = rbm.b_v + rbm.sigma * z
+        x = rbm.gibbs_k(x, gibbs_steps, generator)
+        x = rbm.p_v_given_h(rbm.sample_h(x, generator))
+        for layer in reversed(self.layers[:top]):
             x = layer.p_v_given_h(x)
         return x
 
@@ -162,3 +164,17 @@ class DBNStack(nn.Module):
             dec.append(nn.Unflatten(1, tuple(input_shape)))
         decoder = nn.Sequential(*dec)
         return nn.Sequential(OrderedDict(encoder=encoder, decoder=decoder)).to(self.layers[0].W)
+
+
+def phase_ends(weights: list[float], total: int) -> list[int]:
+    """End step (exclusive) of each training phase (greedy: one per layer, then any fine-tuning):
+    weights scaled to sum to `total`, each >= 1 step when total allows, the last ending at `total`."""
+    n, s = len(weights), sum(weights)
+    ends, acc = [], 0.0
+    for i, w in enumerate(weights):
+        acc += w
+        e = round(acc / s * total) if s > 0 else total
+        lo = ends[-1] + 1 if ends else 1
+        ends.append(min(max(e, lo), total - (n - 1 - i), total))
+    ends[-1] = total
+    return ends

@@ -16,9 +16,15 @@ none in eval mode, so an eval-mode trunk is a deterministic function of its stat
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
+
+from genlab.core.bundle import load_bundle, save_bundle
+
+GENERATOR_FORMAT = "genlab-generator"
 
 
 def gan_depth(h: int, w: int) -> int:
@@ -181,41 +187,20 @@ class Generator(nn.Module):
         return x  # (B, C, H, W) in [0, 1]
 
 
-def save_generator(module: Generator, config: dict, out_dir, meta: dict | None = None):
-    """Write export/generator.safetensors + generator.json: `Generator(**config)` rebuilds it."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp = out_dir / "generator.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out_dir / "generator.safetensors")
-    doc = {"format": "genlab-generator", "version": 1, "builder": "gan_generator",
+def save_generator(module: Generator, config: dict, out_dir, meta: dict | None = None) -> Path:
+    """Write out_dir/generator.safetensors + generator.json (a weight bundle,
+    genlab.core.bundle): `Generator(**config)` rebuilds it. Returns the JSON's path."""
+    doc = {"format": GENERATOR_FORMAT, "version": 1, "builder": "gan_generator",
            "config": config, "output_range": [0.0, 1.0], **(meta or {})}
-    (out_dir / "generator.json").write_text(json.dumps(doc, indent=2) + "\n")
-    return out_dir / "generator.json"
+    return save_bundle(Path(out_dir), "generator", module.state_dict(), doc)
 
 
 def load_generator(path) -> Generator:
     """Rebuild an exported generator (eval mode; `.bundle_meta` holds the JSON): z (B, z_dim)
-    [, labels (B,)] -> images (B, C, H, W) in [0, 1]. `path`: a run's export folder or the JSON."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    if (folder / "export" / "generator.json").is_file():
-        folder = folder / "export"
-    meta = json.loads((folder / "generator.json").read_text())
-    if meta.get("format") != "genlab-generator":
-        raise ValueError(f"{folder / 'generator.json'}: not a genlab generator bundle")
+    [, labels (B,)] -> images (B, C, H, W) in [0, 1]. `path`: the bundle's folder, a run folder
+    (looks in export/) or either of its two files."""
+    meta, tensors = load_bundle(Path(path), "generator", GENERATOR_FORMAT)
     gen = Generator(**meta["config"])
-    gen.load_state_dict(load_file(str(folder / "generator.safetensors")))
+    gen.load_state_dict(tensors)
     gen.bundle_meta = meta
     return gen.eval()

@@ -11,6 +11,11 @@ Every function returns a CPU float32 (C, H, W) tensor in [0, 1] with C = 1 or 3,
     side_by_side   frames (first, middle, last render) with labels, through matplotlib
     save_png       write any of the above to a PNG, upscaled so an 8x8 digit can be seen
 
+The building blocks, public for other drawings (genlab.viz.maze): `tile_grid` lays same-size
+tiles (N, C, h, w) out in a grid as they are (values kept, one channel stays one), and
+`nearest_upscale` enlarges by an integer factor; `rms_scale` is a contrast scale from the
+weights' RMS (for weights whose few large values would grey out the rest under max|w|).
+
 Contrast: "global" maps weight 0 to mid-gray and +-scale to white/black, with one scale for all
 tiles (by default max|w| of the frame; pass `scale` to fix it across frames), so tiles compare
 with each other. "per_tile" stretches each tile to [0, 1] on its own: better for seeing the shape
@@ -29,7 +34,7 @@ import torch
 _EPS = 1e-12
 
 
-def _grid(
+def tile_grid(
     tiles: torch.Tensor, nrow: int | None = None, pad: int = 1, pad_value: float = 0.0
 ) -> torch.Tensor:
     """(N, C, h, w) -> (C, H, W): tiles laid out row-major, `nrow` tiles per row, `pad` px apart.
@@ -66,7 +71,13 @@ def _contrast(t: torch.Tensor, normalize: str, scale: float | None) -> torch.Ten
     raise ValueError(f"normalize must be 'global' or 'per_tile', got {normalize!r}")
 
 
-def _upscale(t: torch.Tensor, factor: int) -> torch.Tensor:
+def rms_scale(w: torch.Tensor, k: float = 3.0) -> float:
+    """A "global" contrast `scale` of k x the RMS of all weights shown: one scale for every tile
+    of the frame (tiles compare with each other; outliers saturate instead of greying the rest)."""
+    return k * float(w.detach().float().pow(2).mean().sqrt()) + 1e-12
+
+
+def nearest_upscale(t: torch.Tensor, factor: int) -> torch.Tensor:
     """Nearest-neighbour upscale of the last two dims by an integer factor."""
     if factor <= 1:
         return t
@@ -104,7 +115,7 @@ def tile_weights(
     if max_tiles is not None:
         w = w[:max_tiles]
     tiles = _contrast(w.reshape(-1, *shape), normalize, scale)
-    return _grid(_upscale(tiles, upscale), nrow, pad)
+    return tile_grid(nearest_upscale(tiles, upscale), nrow, pad)
 
 
 def tile_kernels(
@@ -136,7 +147,7 @@ def tile_kernels(
         else:
             raise ValueError(f"reduce must be 'mean' or 'first', got {reduce!r}")
     tiles = _contrast(k, normalize, scale)
-    return _grid(_upscale(tiles, upscale), nrow, pad)
+    return tile_grid(nearest_upscale(tiles, upscale), nrow, pad)
 
 
 def feature_maps(
@@ -159,7 +170,7 @@ def feature_maps(
     tiles = _contrast(a, "per_tile", None)
     if upscale is None:
         upscale = max(1, math.ceil(16 / min(a.shape[-2:])))
-    return _grid(_upscale(tiles, upscale), nrow, pad)
+    return tile_grid(nearest_upscale(tiles, upscale), nrow, pad)
 
 
 def image_grid(
@@ -171,7 +182,7 @@ def image_grid(
         x = x.unsqueeze(1)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"expected images (B, 1|3, H, W), got {tuple(images.shape)}")
-    return _grid(x.clamp(0.0, 1.0), nrow, pad, pad_value)
+    return tile_grid(x.clamp(0.0, 1.0), nrow, pad, pad_value)
 
 
 def triplets(
@@ -206,7 +217,7 @@ def save_png(img: torch.Tensor, path: str | Path, min_size: int = 256) -> Path:
     if x.dim() != 3 or x.shape[0] not in (1, 3):
         raise ValueError(f"expected an image (1|3, H, W), got {tuple(img.shape)}")
     factor = max(1, math.ceil(min_size / min(x.shape[-2:])))
-    x = _upscale(x, factor)
+    x = nearest_upscale(x, factor)
     a = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
