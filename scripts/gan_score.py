@@ -5,7 +5,8 @@ and recall of the run's EMA generator (newest checkpoint), with any exported gen
     python scripts/gan_score.py runs/gan_brain/<run>            # the run's own judge
 
 Prints the metrics as JSON (and writes them to --out if given). Uses the run's recipe, so the
-split, its size and fid_samples are those the run was scored with.
+split, its size and fid_samples are those the run was scored with. The run is loaded read-only
+(genlab.load_run): a run that is still training can be scored.
 """
 from __future__ import annotations
 
@@ -14,8 +15,36 @@ import json
 import time
 from pathlib import Path
 
-from genlab.core.recipe import load_recipe
-from genlab.engine.trainer import Trainer
+import torch
+
+import genlab
+from genlab.data.sampler import eval_batches
+
+
+@torch.no_grad()
+def evaluate(run, split: str) -> dict[str, float]:
+    """The whole split through the family's evaluate/summarize, as the trainer's evaluation
+    does for one process: scalars averaged by batch size, per-example outputs summarized."""
+    tc, model, data = run.recipe.train, run.model, run.data
+    bs = tc.eval_batch_size or tc.batch_size
+    sums: dict[str, torch.Tensor] = {}
+    collected: dict[str, list[torch.Tensor]] = {}
+    count = 0
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        for idx in eval_batches(data.size(split), bs):
+            batch = {k: v.to(run.device) for k, v in data.get(split, idx).items()}
+            batch["index"] = idx.to(run.device)
+            for k, v in model.evaluate(batch).items():
+                v = torch.as_tensor(v).detach()
+                if v.dim() == 0:
+                    sums[k] = sums.get(k, 0.0) + v.float() * len(idx)
+                else:
+                    collected.setdefault(k, []).append(v)
+            count += len(idx)
+        metrics = {k: (v / max(count, 1)).item() for k, v in sums.items()}
+        if collected:
+            metrics.update(model.summarize({k: torch.cat(v) for k, v in collected.items()}))
+    return metrics
 
 
 def main() -> None:
@@ -26,12 +55,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the metrics to this JSON file")
     args = ap.parse_args()
     overrides = [f"model.fid_extractor={args.extractor}"] if args.extractor else []
-    rec = load_recipe(args.run_dir / "recipe.yaml", overrides)
-    trainer = Trainer(rec, device="cpu", resume_dir=args.run_dir, quiet=True)
+    run = genlab.load_run(args.run_dir, "last", "cpu", overrides=overrides)
     t0 = time.perf_counter()
-    metrics = trainer.evaluate(args.split, None)
-    result = {"run": str(args.run_dir), "step": trainer.step, "split": args.split,
-              "judge": trainer.model.judge_name, "seconds": round(time.perf_counter() - t0, 1),
+    metrics = evaluate(run, args.split)
+    result = {"run": str(args.run_dir), "step": run.step, "split": args.split,
+              "judge": run.model.judge_name, "seconds": round(time.perf_counter() - t0, 1),
               **metrics}
     text = json.dumps(result, indent=2)
     print(text)

@@ -15,7 +15,8 @@ from genlab.core import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
-FAST = ["--set", "train.steps=3", "--set", "train.warmup_steps=0", "--set", "train.batch_size=8", "--set", "train.eval_batches=1",
+FAST = ["--set", "train.steps=3", "--set", "train.warmup_steps=0", "--set", "train.batch_size=8",
+        "--set", "train.eval_batches=1",
         "--set", "log.every=1", "--set", "log.eval_every=2", "--set", "log.render_every=2",
         "--set", "log.checkpoint_every=2", "--set", "log.render_examples=8", "--device", "cpu"]
 
@@ -73,7 +74,8 @@ def test_missing_recipe_file(tmp_path, capsys):
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     recipe = _bad(tmp_path, GOOD + "train: {lr: -1}\n")
-    proc = subprocess.run([sys.executable, "-m", "genlab", "train", str(recipe), "--out", str(tmp_path / "r")],
+    proc = subprocess.run([sys.executable, "-m", "genlab", "train", str(recipe),
+                           "--out", str(tmp_path / "r")],
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "train.lr" in proc.stderr and "Traceback" not in proc.stderr
@@ -107,3 +109,50 @@ def test_resume_and_export_commands(tmp_path, capsys):
     assert '"steps": 8' in (run / "metrics.json").read_text()
     assert main(["export", str(tmp_path)]) == 2
     assert main(["train", str(recipe), "--resume", str(run)]) == 2
+
+
+# ----------------------------------------------------------------------------- sample
+@pytest.fixture(scope="module")
+def gibbs_runs(tmp_path_factory) -> dict[str, Path]:
+    """rbm_digits and dbn_digits, a few steps each."""
+    out = tmp_path_factory.mktemp("gibbs_runs")
+    runs = {}
+    for name in ("rbm_digits", "dbn_digits"):
+        assert main(["train", str(ROOT / "recipes" / f"{name}.yaml"), "--out", str(out), "--quiet", *FAST,
+                     "--set", "model.ais_runs=4", "--set", "model.ais_betas=20"]) == 0
+        runs[name] = next((out / name).iterdir())
+    return runs
+
+
+@pytest.mark.parametrize("name", ["rbm_digits", "dbn_digits"])
+def test_sample_writes_a_gibbs_grid_from_rbm_and_dbn_runs(gibbs_runs, name, tmp_path, capsys):
+    from PIL import Image
+
+    run = gibbs_runs[name]
+    grid, again = tmp_path / "grid.png", tmp_path / "again.png"
+    assert main(["sample", str(run), "--n", "16", "--nrow", "4", "--out", str(grid)]) == 0
+    assert f"wrote 16 samples to {grid}" in capsys.readouterr().out
+    with Image.open(grid) as im:
+        assert im.format == "PNG" and im.size[0] == im.size[1]  # 4 x 4 square digits
+    assert main(["sample", str(run), "--n", "16", "--nrow", "4", "--out", str(again)]) == 0
+    assert grid.read_bytes() == again.read_bytes()  # the same seed gives the same grid
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "c.png"), "--class", "3"]) == 2
+    assert "this model is unconditional" in capsys.readouterr().err
+
+
+def test_sample_on_a_classifier_run_exits_2_with_one_line(tmp_path, capsys):
+    recipe = _bad(tmp_path, "family: classifier\ndata: {name: digits}\n"
+                            "model: {backbone: vgg_sep, channels: [4, 8, 8]}\n"
+                            "train: {steps: 2, batch_size: 8, eval_batches: 1}\n")
+    assert main(["train", str(recipe), "--out", str(tmp_path / "runs"), "--quiet", "--device", "cpu"]) == 0
+    run = next((tmp_path / "runs" / "bad").iterdir())
+    capsys.readouterr()
+    assert main(["sample", str(run), "--out", str(tmp_path / "grid.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: genlab sample needs a family that draws new samples; 'classifier'")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "grid.png").exists()
+    assert main(["sample", str(tmp_path), "--out", str(tmp_path / "grid.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not a genlab run folder" in err and err.count("\n") == 1

@@ -42,10 +42,9 @@ def dae_run(tmp_path_factory):
 def _classifier_and_images(run_dir, n=5):
     """The run's classifier as `genlab predict` loads it, and test images it has not seen in the
     export's parity check (a different count: the batch dimension is free)."""
-    import genlab.cli  # noqa: F401
-    from genlab.cli.classifier import LoadedRun
+    import genlab
 
-    run = LoadedRun(run_dir, need_data=True)
+    run = genlab.load_run(run_dir, need_data=True)
     x = run.data.get("test", torch.arange(10, 10 + n))["x"]
     with torch.no_grad():
         logits = run.model(x)

@@ -1,5 +1,5 @@
-"""`genlab probe`: a scikit-learn linear classifier on frozen encoder features (seed 003's
-fixed feature extractor), reported with the metrics of `genlab eval`. CPU, small."""
+"""`genlab probe`: a scikit-learn linear classifier on frozen encoder features (a fixed
+feature extractor), reported with the metrics of `genlab eval`. CPU, small."""
 from __future__ import annotations
 
 import json

@@ -1,44 +1,35 @@
 """`genlab play`: watch a trained DQN mouse play one maze, in the terminal or as a GIF.
 
-The agent is rebuilt from RUN_DIR/recipe.yaml and the newest step checkpoint, exactly as
-`genlab export` does, then given the weights of checkpoints/best.pt when the run has one (the
-best validation optimal_ratio). It plays greedily, one episode.
+The agent is loaded with genlab.load_run: the weights of checkpoints/best.pt when the run has
+one (the best validation optimal_ratio), else of the newest step checkpoint. It plays greedily,
+one episode.
 """
 from __future__ import annotations
 
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import click
 
+from genlab.cli.common import CONTEXT, device_option, run_dir_argument
 from genlab.core.errors import GenlabError
 
 
 def load_agent(run_dir: Path, device: str = "cpu", prefer_best: bool = True):
-    """(model, which checkpoint) of a DQN run; best.pt's weights when present and asked for."""
-    from genlab.core.recipe import load_recipe
-    from genlab.engine.checkpoints import safe_load
-    from genlab.engine.trainer import Trainer
+    """(model, which checkpoint) of a run whose family acts; best.pt's weights when present and
+    asked for."""
+    from genlab.engine.runs import load_run
+    from genlab.families.base import require
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise GenlabError(f"{run_dir}: not a genlab run folder (no recipe.yaml)")
-    rec = load_recipe(run_dir / "recipe.yaml")
-    if rec.family != "dqn":
-        raise GenlabError(f"{run_dir}: family {rec.family!r} does not play mazes (play needs a dqn run)")
-    with warnings.catch_warnings():  # recipe warnings were shown when the run was trained
-        warnings.simplefilter("ignore")
-        trainer = Trainer(rec, device=device, resume_dir=run_dir, quiet=True)
-    model, which = trainer.model, f"step {trainer.step}"
-    best = run_dir / "checkpoints" / "best.pt"
-    if prefer_best and best.is_file():
-        state = safe_load(best, map_location=trainer.device)
-        model.load_state_dict(state["model"])
-        which = f"best.pt (step {state.get('step')}, val {state.get('monitor')} {state.get('value', 0):.4g})"
-    model.eval()
-    return model, which
+    run = load_run(run_dir, "best" if prefer_best else "last", device)
+    require(run.model, "act", "genlab play")
+    if run.checkpoint.name == "best.pt":
+        which = (f"best.pt (step {run.step}, val {run.meta.get('monitor')} "
+                 f"{run.meta.get('value') or 0:.4g})")
+    else:
+        which = f"step {run.step}"
+    return run.model, which
 
 
 def choose_layout(model, maze_seed: int | None, layout_file: Path | None):
@@ -107,34 +98,34 @@ def write_gif(frames, path: Path, delay: float) -> Path:
     return path
 
 
-def register(cli: click.Group) -> None:
-    from genlab.cli import CONTEXT  # here, not at the top: genlab.cli imports this module
+@click.command(context_settings=CONTEXT)
+@run_dir_argument
+@click.option("--maze-seed", type=click.IntRange(min=0), default=None,
+              help="Play the generated maze of this seed (default: the run's fixed layout, or its "
+                   "first test maze). Example: --maze-seed 7")
+@click.option("--layout", "layout_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Play a text maze (# . F X and the mouse ^ > v <). "
+                   "Example: --layout recipes/mazes/fixed9.txt")
+@click.option("--gif", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the episode as an animated GIF. Example: --gif mouse.gif")
+@click.option("--delay", type=click.FloatRange(min=0), default=0.2, show_default=True,
+              help="Seconds per frame (terminal animation and GIF). Example: --delay 0.1")
+@device_option("Device used to rebuild the agent. Example: --device cpu")
+def play(run_dir, maze_seed, layout_file, gif, delay, device):
+    """Watch RUN_DIR's DQN mouse play one maze greedily (best.pt's weights when present).
 
-    @cli.command(context_settings=CONTEXT)
-    @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-    @click.option("--maze-seed", type=click.IntRange(min=0), default=None,
-                  help="Play the generated maze of this seed (default: the run's fixed layout, or its "
-                       "first test maze). Example: --maze-seed 7")
-    @click.option("--layout", "layout_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Play a text maze (# . F X and the mouse ^ > v <). Example: --layout recipes/mazes/fixed9.txt")
-    @click.option("--gif", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Also write the episode as an animated GIF. Example: --gif mouse.gif")
-    @click.option("--delay", type=click.FloatRange(min=0), default=0.2, show_default=True,
-                  help="Seconds per frame (terminal animation and GIF). Example: --delay 0.1")
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu",
-                  show_default=True, help="Device used to rebuild the agent. Example: --device cpu")
-    def play(run_dir, maze_seed, layout_file, gif, delay, device):
-        """Watch RUN_DIR's DQN mouse play one maze greedily (best.pt's weights when present).
+    In a terminal the episode is animated; otherwise the final frame and the return against
+    the maze's exact optimum are printed.
 
-        In a terminal the episode is animated; otherwise the final frame and the return against
-        the maze's exact optimum are printed.
+    \b
+    Examples:
+      genlab play runs/dqn_maze/20260101-120000
+      genlab play runs/dqn_maze/20260101-120000 --maze-seed 7 --gif mouse.gif
+      genlab play runs/dqn_maze_fixed/20260101-120000 --layout recipes/mazes/fixed9.txt
+    """
+    if maze_seed is not None and layout_file is not None:
+        raise GenlabError("give either --maze-seed or --layout, not both")
+    play_run(run_dir, maze_seed, layout_file, gif, delay, device)
 
-        \b
-        Examples:
-          genlab play runs/dqn_maze/20260101-120000
-          genlab play runs/dqn_maze/20260101-120000 --maze-seed 7 --gif mouse.gif
-          genlab play runs/dqn_maze_fixed/20260101-120000 --layout recipes/mazes/fixed9.txt
-        """
-        if maze_seed is not None and layout_file is not None:
-            raise GenlabError("give either --maze-seed or --layout, not both")
-        play_run(run_dir, maze_seed, layout_file, gif, delay, device)
+
+COMMANDS = (play,)

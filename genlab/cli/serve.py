@@ -6,11 +6,10 @@ import ipaddress
 import json
 import os
 import socket
-from pathlib import Path
 
 import click
 
-from genlab.cli import CONTEXT
+from genlab.cli.common import CONTEXT, checkpoint_option, device_option, run_dir_argument
 from genlab.core.errors import GenlabError
 
 TOKEN_ENV = "GENLAB_API_TOKEN"
@@ -49,7 +48,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 @click.command("serve", context_settings=CONTEXT)
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@run_dir_argument
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but loopback needs --token. Example: --host 0.0.0.0")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
@@ -59,10 +58,8 @@ def _check_port_free(host: str, port: int) -> None:
 @click.option("--token", envvar=TOKEN_ENV, default=None, show_envvar=True,
               help=f"API token every /v1/ request must send as 'Authorization: Bearer TOKEN' "
                    f"(at least {MIN_TOKEN} characters). Example: --token \"$(openssl rand -hex 24)\"")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu",
-              show_default=True, help="Device the model runs on. Example: --device cuda")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="best.pt (lowest val loss) or the newest step checkpoint. Example: --checkpoint last")
+@device_option("Device the model runs on. Example: --device cuda")
+@checkpoint_option()
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
               help="Largest request body accepted (larger: 413). Example: --max-upload-mb 4")
 @click.option("--max-images", type=click.IntRange(min=1), default=32, show_default=True,
@@ -95,8 +92,8 @@ def serve_cmd(run_dir, host, port, workers, token, device, checkpoint, max_uploa
     check_binding(host, token)
     _check_port_free(host, port)
     config = {"run_dir": str(run_dir), "device": device, "token": token,
-                  "max_upload_bytes": int(max_upload_mb * 1024 * 1024), "batch_window_ms": batch_window_ms,
-                  "max_batch": max_batch, "checkpoint": checkpoint, "max_images": max_images}
+              "max_upload_bytes": int(max_upload_mb * 1024 * 1024), "batch_window_ms": batch_window_ms,
+              "max_batch": max_batch, "checkpoint": checkpoint, "max_images": max_images}
     app = create_app(**config)  # loads the model: a bad run folder fails here, with one line
     name = app.state.served.run.recipe.name
     shown = f"[{host}]" if ":" in host else host
@@ -116,6 +113,4 @@ def serve_cmd(run_dir, host, port, workers, token, device, checkpoint, max_uploa
         uvicorn.run("genlab.serve.app:app_from_env", factory=True, workers=workers, **kw)
 
 
-def register(group: click.Group) -> None:
-    """Attach serve to the `genlab` command group."""
-    group.add_command(serve_cmd)
+COMMANDS = (serve_cmd,)

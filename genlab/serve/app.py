@@ -19,7 +19,7 @@ handler (by Content-Length when given, else while it streams in); bodies are par
 (nothing a client sends is written to disk or used as a path); images over `max_pixels` are
 refused before decoding, and at most one image per CPU core is decoded at a time; only the
 decoders in `genlab.serve.images.FORMATS` run; more than
-`max_queue` images waiting gives 503 at once. Model weights are loaded by `LoadedRun`
+`max_queue` images waiting gives 503 at once. Model weights are loaded by `genlab.load_run`
 (torch.load with weights_only=True: no arbitrary object is unpickled).
 """
 from __future__ import annotations

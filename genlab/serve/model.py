@@ -1,5 +1,5 @@
-"""The served classifier: a `LoadedRun` (recipe.yaml + best.pt, loaded with weights_only=True,
-eval mode, on the configured device) and one batched prediction function.
+"""The served classifier: the run loaded with genlab.load_run (recipe.yaml + best.pt, loaded
+with weights_only=True, eval mode, on the configured device) and one batched prediction function.
 
 The answer for an image is the family's own: probabilities = `Classifier.predict_proba`
 (softmax of the logits, without gradients), P(lesion) = `Classifier.lesion_probability`
@@ -11,32 +11,21 @@ takes gradients (with respect to the input; no parameter's .grad is touched).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
 import genlab
+from genlab.core.files import jsonable
+from genlab.engine.runs import load_run
+from genlab.families.base import require
 from genlab.serve.images import FORMATS, Decoded, png_base64
-
-
-def _clean(v):
-    """JSON-safe: NaN/inf -> None, recursively."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_clean(x) for x in v]
-    return v
 
 
 class ServedModel:
     def __init__(self, run_dir: Path, device: str = "cpu", checkpoint: str = "best"):
-        import genlab.cli  # noqa: F401  (cli_classifier imports cli first)
-        from genlab.cli.classifier import LoadedRun
-
-        self.run = LoadedRun(Path(run_dir), device, checkpoint)
+        self.run = load_run(Path(run_dir), checkpoint, device)
+        require(self.run.model, "classify", "genlab serve")
         self.model = self.run.model.eval()
         self.names = list(self.run.info.class_names)
         self.channels, h, w = self.run.info.input_shape
@@ -49,13 +38,8 @@ class ServedModel:
         run, cfg = self.run, self.model.cfg
         c, (h, w) = self.channels, self.size
         test, source = None, None
-        metrics = run.run_dir / "metrics.json"
-        if metrics.is_file():
-            try:
-                test = json.loads(metrics.read_text()).get("test")
-                source = "metrics.json (end of training)"
-            except (OSError, json.JSONDecodeError):
-                test = None
+        if run.meta["metrics"] is not None:
+            test, source = run.meta["metrics"].get("test"), "metrics.json (end of training)"
         evaluated = run.run_dir / "eval" / "test" / "metrics.json"
         eval_block = None
         if evaluated.is_file():
@@ -67,7 +51,7 @@ class ServedModel:
                                             ("sensitivity", "specificity", "ppv", "npv", "auc")}
             except (OSError, json.JSONDecodeError):
                 eval_block = None
-        return _clean({
+        return jsonable({
             "name": run.recipe.name, "description": run.recipe.description,
             "genlab_version": genlab.__version__,
             "run": run.run_dir.name, "checkpoint": run.checkpoint.name, "step": run.step,

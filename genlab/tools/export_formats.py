@@ -16,7 +16,7 @@ Formats (files go to RUN_DIR/export/ unless --out says otherwise):
     safetensors  classifier: classifier.safetensors + classifier.json, rebuilt by
                  `load_classifier(path)` with no pickle and no recipe; other runs: the encoder
                  bundle (encoder.safetensors + encoder.json, `genlab.load_encoder`)
-    bundle       today's encoder bundle (plus a GAN's generator), with no parity check
+    bundle       the encoder bundle (plus a GAN's generator), with no parity check
 
 Parity: every export except `bundle` is reloaded (onnxruntime for ONNX) and run on a batch of
 the run's test images (random inputs in the data's value range when the data cannot be built,
@@ -30,6 +30,8 @@ import contextlib
 import io
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ from genlab.core.errors import CheckpointError, GenlabError
 
 FORMATS = ("bundle", "onnx", "torchscript", "safetensors")
 PARITY_TOL = 1e-4
+CLASSIFIER_FORMAT = "genlab-classifier"  # classifier.json's "format"
 CLASSIFIER_FORMAT_VERSION = 1
 
 
@@ -104,7 +107,7 @@ class _Source:
     parity_inputs: str
     input_shape: tuple
     classifier: object | None = None   # the family module (classifier runs)
-    trainer: object | None = None      # (encoder runs)
+    run: object | None = None          # the loaded run (genlab.engine.runs.LoadedRun)
 
 
 def _test_images(build, n: int, input_shape, value_range) -> tuple[torch.Tensor, str]:
@@ -122,27 +125,29 @@ def _test_images(build, n: int, input_shape, value_range) -> tuple[torch.Tensor,
 
 
 def _load(run_dir: Path, n: int) -> _Source:
+    """The module to export and its parity inputs: a classifier run's classifier (best.pt), any
+    other run's encoder (newest checkpoint), loaded read-only on the CPU (genlab.load_run)."""
     import genlab
+    from genlab.core.files import require_run_dir
     from genlab.core.recipe import load_recipe
+    from genlab.core.registry import get_family
+    from genlab.engine.runs import load_run
+    from genlab.families.base import require
 
-    if not (run_dir / "recipe.yaml").is_file():
-        raise GenlabError(f"{run_dir}: not a genlab run folder (no recipe.yaml)")
-    rec = load_recipe(run_dir / "recipe.yaml")
+    run_dir = require_run_dir(run_dir)
+    with warnings.catch_warnings():  # the recipe's warnings were shown at training
+        warnings.simplefilter("ignore")
+        classifier = get_family(load_recipe(run_dir / "recipe.yaml").family).can("classify")
+    run = load_run(run_dir, "best" if classifier else "last", "cpu")
+    rec, info, model = run.recipe, run.info, run.model
     base = {"genlab_version": genlab.__version__, "recipe": rec.name, "family": rec.family,
             "run": run_dir.name}
-    if rec.family == "classifier":
-        import genlab.cli
-        from genlab.cli.classifier import LoadedRun
-        from genlab.core.registry import get_dataset
 
-        run = LoadedRun(run_dir, "cpu")
-        model, info = run.model.eval(), run.info
+    def build(k):
+        return run.data.get("test", torch.arange(min(k, run.data.size("test"))))["x"]
 
-        def build(k):
-            data = get_dataset(rec.data_name)(rec.data, rec.seed, "cpu")
-            return data.get("test", torch.arange(min(k, data.size("test"))))["x"]
-
-        x, said = _test_images(build, n, info.input_shape, info.value_range)
+    x, said = _test_images(build, n, info.input_shape, info.value_range)
+    if classifier:
         spec = model.encoder_spec()
         meta = {**base, "kind": "classifier", "checkpoint": run.checkpoint.name, "step": run.step,
                 "class_names": list(info.class_names), "input_shape": list(info.input_shape),
@@ -155,25 +160,15 @@ def _load(run_dir: Path, n: int) -> _Source:
                 "backbone": {"builder": spec.builder, "config": spec.config},
                 "num_features": int(model.backbone.num_features)}
         # the wrappers are put in eval mode: exporters restore the mode they find, recursively
-        return _Source("classifier", _ClassifierOutputs(model).eval(), ["logits", "probabilities"], meta,
-                       run.step, x, said, tuple(info.input_shape), classifier=model)
-    from genlab.engine.trainer import Trainer
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        trainer = Trainer(rec, device="cpu", resume_dir=run_dir, quiet=True)
-    if not hasattr(trainer.model, "encoder_spec"):
-        raise GenlabError(f"family {rec.family!r} has no encoder to export")
-    spec, info = trainer.model.encoder_spec(), trainer.data.info
-    enc = spec.module.eval()
-    def build(k):
-        return trainer.data.get("test", torch.arange(min(k, trainer.data.size("test"))))["x"]
-
-    x, said = _test_images(build, n, info.input_shape, info.value_range)
-    meta = {**base, "kind": "encoder", "step": trainer.step, "input_shape": list(info.input_shape),
+        return _Source("classifier", _ClassifierOutputs(model).eval(), ["logits", "probabilities"],
+                       meta, run.step, x, said, tuple(info.input_shape), classifier=model, run=run)
+    require(model, "encode", "genlab export --format")
+    spec = model.encoder_spec()
+    meta = {**base, "kind": "encoder", "step": run.step, "input_shape": list(info.input_shape),
             "value_range": list(info.value_range), "out_features": spec.out_features,
             "builder": spec.builder, "config": spec.config}
-    return _Source("encoder", _Features(enc).eval(), ["features"], meta, trainer.step, x, said,
-                   tuple(info.input_shape), trainer=trainer)
+    return _Source("encoder", _Features(spec.module.eval()).eval(), ["features"], meta, run.step, x,
+                   said, tuple(info.input_shape), run=run)
 
 
 # ----------------------------------------------------------------------------- parity
@@ -181,25 +176,58 @@ def _as_list(out) -> list[torch.Tensor]:
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def _check(src: _Source, run_other, path: Path, what: str) -> tuple[float, list[int]]:
+def _check(src: _Source, run_other, what: str) -> tuple[float, list[int]]:
     """Largest |difference| between PyTorch and `run_other(x) -> list of arrays/tensors` on the
-    parity batch and on one image; removes `path` and raises ExportError above PARITY_TOL."""
+    parity batch and on one image; ExportError above PARITY_TOL (the caller removes its file)."""
     worst, sizes = 0.0, []
     for x in (src.parity_x, src.parity_x[:1]):
         with torch.no_grad():
             ref = [t.float() for t in _as_list(src.module(x))]
         got = [torch.as_tensor(t).float() for t in run_other(x)]
         if len(got) != len(ref) or any(g.shape != r.shape for g, r in zip(got, ref)):
-            path.unlink(missing_ok=True)
             raise ExportError(f"{what}: outputs {[tuple(g.shape) for g in got]} differ in shape from "
-                              f"PyTorch's {[tuple(r.shape) for r in ref]}")
+                              f"PyTorch's {[tuple(r.shape) for r in ref]} (file removed)")
         worst = max([worst] + [float((g - r).abs().max()) for g, r in zip(got, ref)])
         sizes.append(len(x))
     if not worst <= PARITY_TOL:
-        path.unlink(missing_ok=True)
         raise ExportError(f"{what}: parity check failed: max |{what} - PyTorch| = {worst:.3g} > "
                           f"{PARITY_TOL:g} (file removed)")
     return worst, sizes
+
+
+@contextlib.contextmanager
+def _removed_on_failure(path: Path):
+    """`path` is deleted when the block fails (a failed export leaves no file behind)."""
+    try:
+        yield path
+    except BaseException:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _staged_bundle(out: Path, name: str, write, reload, src: _Source, what: str):
+    """Write bundle NAME (genlab.core.bundle) into a hidden folder in `out` with `write(folder)`,
+    check the module `reload(folder)` gives, then move it into `out`, the JSON last (a bundle
+    whose JSON exists is complete). Returns ([weights, json], max |diff|, batch sizes)."""
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".tmp", dir=out))
+    try:
+        write(stage)
+        module = reload(stage)
+
+        def run(x):
+            with torch.no_grad():
+                return _as_list(module(x))
+
+        worst, sizes = _check(src, run, what)
+        files = [out / f"{name}.safetensors", out / f"{name}.json"]
+        for f in files:
+            os.replace(stage / f.name, f)
+        return files, worst, sizes
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- formats
@@ -210,131 +238,100 @@ def _onnx(src: _Source, path: Path) -> tuple[float, list[int]]:
     except ImportError as e:
         raise ExportError(f"ONNX export needs the [serve] extra ({e.name} is missing): "
                           f"pip install -e '.[serve]'") from None
-    tmp = path.with_name(path.name + ".tmp")
     example = src.parity_x[:2].contiguous()
     dynamic = {"image": {0: "batch"}, **{o: {0: "batch"} for o in src.outputs}}
     kw = {"input_names": ["image"], "output_names": src.outputs}
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:  # the TorchScript-based exporter: fast, and takes dynamic_axes
-            torch.onnx.export(src.module, (example,), str(tmp), dynamo=False, dynamic_axes=dynamic,
-                              opset_version=17, **kw)
-        except TypeError:  # torch < 2.5 has no `dynamo` argument
-            torch.onnx.export(src.module, (example,), str(tmp), dynamic_axes=dynamic,
-                              opset_version=17, **kw)
-        except Exception:  # noqa: BLE001 - a torch without it: the torch.export-based exporter
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            torch.onnx.export(src.module, (example,), str(tmp), dynamo=True,
-                              dynamic_shapes={"image": {0: batch}}, **kw)
-    model = onnx.load(str(tmp))
-    for k, v in src.meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = f"genlab.{k}", json.dumps(v)
-    onnx.save(model, str(tmp))
-    sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    result = _check(src, lambda x: sess.run(None, {"image": x.numpy()}), tmp, "onnxruntime")
+    with _removed_on_failure(path.with_name(path.name + ".tmp")) as tmp:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:  # the TorchScript-based exporter: fast, and takes dynamic_axes
+                torch.onnx.export(src.module, (example,), str(tmp), dynamo=False,
+                                  dynamic_axes=dynamic, opset_version=17, **kw)
+            except TypeError:  # torch < 2.5 has no `dynamo` argument
+                torch.onnx.export(src.module, (example,), str(tmp), dynamic_axes=dynamic,
+                                  opset_version=17, **kw)
+            except Exception:  # noqa: BLE001 - a torch without it: the torch.export-based exporter
+                batch = torch.export.Dim("batch", min=1, max=65536)
+                torch.onnx.export(src.module, (example,), str(tmp), dynamo=True,
+                                  dynamic_shapes={"image": {0: batch}}, **kw)
+        model = onnx.load(str(tmp))
+        for k, v in src.meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = f"genlab.{k}", json.dumps(v)
+        onnx.save(model, str(tmp))
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        result = _check(src, lambda x: sess.run(None, {"image": x.numpy()}), "onnxruntime")
     os.replace(tmp, path)
     return result
 
 
 def _torchscript(src: _Source, path: Path) -> tuple[float, list[int]]:
-    tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(src.module, (src.parity_x[:2].contiguous(),), check_trace=False)
-        torch.jit.save(traced, str(tmp), _extra_files={"genlab.json": json.dumps(src.meta)})
-        loaded = torch.jit.load(str(tmp), map_location="cpu").eval()
+    with _removed_on_failure(path.with_name(path.name + ".tmp")) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(src.module, (src.parity_x[:2].contiguous(),), check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={"genlab.json": json.dumps(src.meta)})
+            loaded = torch.jit.load(str(tmp), map_location="cpu").eval()
 
-    def run(x):
-        with torch.no_grad():
-            return _as_list(loaded(x))
+        def run(x):
+            with torch.no_grad():
+                return _as_list(loaded(x))
 
-    result = _check(src, run, tmp, "TorchScript")
+        result = _check(src, run, "TorchScript")
     os.replace(tmp, path)
     return result
 
 
 def _classifier_safetensors(src: _Source, out: Path) -> tuple[list[Path], float, list[int]]:
-    from safetensors.torch import save_file
+    from genlab.core.bundle import save_bundle
 
-    model = src.classifier
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+    state = {k: v for k, v in src.classifier.state_dict().items()
              if k.startswith(("backbone.", "head."))}
-    weights, meta_path = out / "classifier.safetensors", out / "classifier.json"
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(state, str(tmp))
-    meta = {"format": "genlab-classifier", "version": CLASSIFIER_FORMAT_VERSION, **src.meta,
+    meta = {"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_FORMAT_VERSION, **src.meta,
             "num_classes": len(src.meta["class_names"])}
-    meta_tmp = meta_path.with_name(meta_path.name + ".tmp")
-    meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    reloaded = _build_classifier(meta, tmp)
 
-    def run(x):
-        with torch.no_grad():
-            logits = reloaded(x).float()
-        return [logits, torch.softmax(logits, dim=1)]
+    def write(folder):
+        save_bundle(folder, "classifier", state, meta)
 
-    try:
-        worst, sizes = _check(src, run, tmp, "safetensors reload")
-    except ExportError:
-        meta_tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, weights)
-    os.replace(meta_tmp, meta_path)
-    return [weights, meta_path], worst, sizes
+    def reload(folder):  # (logits, probabilities), as the exported module
+        return _ClassifierOutputs(load_classifier(folder)).eval()
 
-
-def _build_classifier(meta: dict, weights: Path) -> ClassifierNet:
-    from safetensors.torch import load_file
-
-    from genlab.nn import ENCODER_BUILDERS
-
-    bb = meta["backbone"]
-    builder = ENCODER_BUILDERS.get(bb["builder"])
-    if builder is None:
-        raise CheckpointError(f"{weights}: unknown backbone builder {bb['builder']!r}")
-    net = ClassifierNet(builder(**bb["config"]), int(meta["num_classes"]))
-    state = load_file(str(weights), device="cpu")
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{weights}: does not fit the classifier it describes: {e}") from None
-    net.meta = meta
-    return net.eval()
+    return _staged_bundle(out, "classifier", write, reload, src, "safetensors reload")
 
 
 def load_classifier(path: str | Path) -> ClassifierNet:
-    """Rebuild a classifier exported with --format safetensors (its folder, .json or
-    .safetensors): an eval-mode module (B, C, H, W) in [0, 1] -> (B, K) logits, with `.meta`
-    (class names, input shape, negative classes, lesion threshold). Nothing is unpickled."""
-    path = Path(path)
-    folder = (path / "export" if (path / "export" / "classifier.json").is_file() else path) \
-        if path.is_dir() else path.parent
-    meta_path, weights = folder / "classifier.json", folder / "classifier.safetensors"
-    if not meta_path.is_file() or not weights.is_file():
-        raise CheckpointError(f"{path}: no exported classifier (expected classifier.json and "
-                              f"classifier.safetensors in {folder})")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != "genlab-classifier":
-        raise CheckpointError(f"{meta_path}: not a genlab classifier export")
-    return _build_classifier(meta, weights)
+    """Rebuild a classifier exported with --format safetensors (its folder, a run folder, its
+    .json or .safetensors): an eval-mode module (B, C, H, W) in [0, 1] -> (B, K) logits, with
+    `.meta` (class names, input shape, negative classes, lesion threshold). Nothing is unpickled."""
+    from genlab.core.bundle import find_bundle, load_bundle
+    from genlab.nn import ENCODER_BUILDERS
+
+    meta, state = load_bundle(Path(path), "classifier", CLASSIFIER_FORMAT)
+    _, weights = find_bundle(Path(path), "classifier")
+    bb = meta.get("backbone") or {}
+    builder = ENCODER_BUILDERS.get(bb.get("builder"))
+    if builder is None:
+        raise CheckpointError(f"{weights}: unknown backbone builder {bb.get('builder')!r}")
+    net = ClassifierNet(builder(**bb["config"]), int(meta["num_classes"]))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise CheckpointError(f"{weights}: does not fit the classifier it describes: {detail}") from None
+    net.meta = meta
+    return net.eval()
 
 
 def _encoder_safetensors(src: _Source, out: Path) -> tuple[list[Path], float, list[int]]:
     from genlab.families.export import load_encoder, save_encoder
 
-    t = src.trainer
-    save_encoder(t.model.encoder_spec(), out, family=t.recipe.family, info=t.data.info,
-                 recipe_name=t.recipe.name, step=t.step)
-    enc = load_encoder(out)
-    weights = out / "encoder.safetensors"
+    run = src.run
 
-    def run(x):
-        with torch.no_grad():
-            return [enc(x)]
+    def write(folder):
+        save_encoder(run.model.encoder_spec(), folder, family=run.recipe.family, info=run.info,
+                     recipe_name=run.recipe.name, step=run.step)
 
-    worst, sizes = _check(src, run, weights, "bundle reload")
-    return [weights, out / "encoder.json"], worst, sizes
+    return _staged_bundle(out, "encoder", write, load_encoder, src, "bundle reload")
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -1,5 +1,5 @@
-"""Classical probe (seed 003's fixed feature extractor): a scikit-learn linear classifier on
-frozen encoder features. The command is `genlab probe` (genlab/cli_classifier.py).
+"""Classical probe (a fixed feature extractor): a scikit-learn linear classifier on frozen
+encoder features. The command is `genlab probe` (genlab/cli/probe.py).
 
     run folder -> frozen encoder (its export/ bundle, or a classifier run's best.pt backbone)
                -> features of the run's own data (train / val / report split)
@@ -61,23 +61,23 @@ def load_source(run_dir: Path, device: torch.device, checkpoint: str = "best",
     """The encoder of RUN_DIR and the data of its recipe.
 
     A classifier run gives its backbone with the weights `genlab eval` uses (best.pt, or the
-    newest step checkpoint); any other run gives its exported encoder bundle (export/).
+    newest step checkpoint; genlab.load_run); any other run gives its exported encoder bundle
+    (export/).
     """
+    from genlab.core.files import require_run_dir
     from genlab.core.recipe import load_recipe
     from genlab.core.registry import get_dataset
-    from genlab.families.classifier import resolve_negative
     from genlab.families.export import read_bundle_meta
+    from genlab.metrics.classification import resolve_negative
     from genlab.nn.backbones import build_backbone
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise GenlabError(f"{run_dir}: not a genlab run folder (no recipe.yaml); the probe needs a "
-                          f"run that exported an encoder (export/) or a classifier run")
+    run_dir = require_run_dir(run_dir, "the probe needs a run that exported an encoder (export/) "
+                                       "or a classifier run")
     overrides = [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
     if load_recipe(run_dir / "recipe.yaml").family == "classifier":
-        from genlab.cli.classifier import LoadedRun
+        from genlab.engine.runs import load_run
 
-        run = LoadedRun(run_dir, str(device), checkpoint, need_data=True, data_overrides=data_overrides)
+        run = load_run(run_dir, checkpoint, device, data_overrides, need_data=True)
         return ProbeSource(run_dir, run.recipe, run.data, run.info, run.model.backbone.eval(),
                            f"classifier backbone, {run.checkpoint.name} (step {run.step})",
                            list(run.model.negative), run.step)
@@ -99,7 +99,7 @@ def load_source(run_dir: Path, device: torch.device, checkpoint: str = "best",
                                 encoder={"builder": meta["builder"], "config": meta.get("config", {})})
     except (ValueError, TypeError, RuntimeError) as e:
         raise GenlabError(f"{run_dir}: cannot rebuild its encoder: {e}") from None
-    from genlab.families.classifier import load_bundle_weights
+    from genlab.families.init_from import load_bundle_weights
 
     rep = load_bundle_weights(bb.encoder, weights, False)
     if rep["missing"] or rep["skipped"]:
