@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from genlab.core.recipe import load_recipe
 from genlab.core.registry import get_dataset, get_family
 from genlab.data.sampler import IndexSampler
-from genlab.engine.trainer import Trainer, seed_everything
+from genlab.engine.checkpoints import seed_everything
+from genlab.engine.trainer import Trainer
 from genlab.nn.optim import build_optimizer, build_scheduler
 
 
@@ -39,7 +40,7 @@ def _overrides(steps: int) -> list[str]:
 def run_trainer(recipe_path: str, steps: int, out: Path) -> float:
     rec = load_recipe(recipe_path, _overrides(steps))
     t = Trainer(rec, out_root=out, quiet=True, progress=False)
-    t.render = lambda: None  # the step-0 render is setup, not loop overhead
+    t.render = lambda final=False: None  # the step-0 render is setup, not loop overhead
     t0 = time.perf_counter()
     t.run(stop_at=steps)
     dt = time.perf_counter() - t0
@@ -93,8 +94,9 @@ def main() -> None:
           f"torch {torch.__version__}, python {platform.python_version()}")
     print(f"command: python scripts/bench_trainer.py --recipe {args.recipe} --steps {args.steps} "
           f"--repeats {args.repeats}")
-    print(f"plain loop : median {statistics.median(tp):.3f} s  ({args.steps / statistics.median(tp):.1f} steps/s)")
-    print(f"trainer    : median {statistics.median(tt):.3f} s  ({args.steps / statistics.median(tt):.1f} steps/s)")
+    for label, times in (("plain loop", tp), ("trainer   ", tt)):
+        med = statistics.median(times)
+        print(f"{label} : median {med:.3f} s  ({args.steps / med:.1f} steps/s)")
     print(f"ratio trainer/plain: median {statistics.median(ratios):.3f} (each: "
           + ", ".join(f"{r:.3f}" for r in ratios) + ")")
     if args.json:

@@ -173,3 +173,18 @@ def test_every_family_trains_under_ddp_with_equal_parameters(tmp_path):
         assert r["steps"] == 8 and r["rank_batch"] == 8, family
         assert r["changed"], f"{family}: parameters did not move"
         assert r["params_equal"], f"{family}: ranks diverged"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_leaving_the_group_stops_its_threads(tmp_path):
+    # A group that outlives destroy_process_group keeps gloo's threads until interpreter exit,
+    # where the process can abort (SIGABRT) after its work is done.
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(HERE / "ddp" / "teardown.py")],
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("rank ")]
+    assert len(lines) == 4, res.stdout
+    assert all("gloo" in ln for ln in lines if " before " in ln)  # the check sees gloo's threads
+    assert not any("gloo" in ln for ln in lines if " after " in ln), lines

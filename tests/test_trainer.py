@@ -181,7 +181,8 @@ def test_ctrl_c_between_steps_saves_a_checkpoint_and_mid_step_does_not(runs):
         return out
 
     t2.model.training_step = interrupt_in_step_7
-    with pytest.raises(GenlabError, match="interrupted during step 7; the newest checkpoint is .*step-00000004.pt"):
+    with pytest.raises(GenlabError,
+                       match="interrupted during step 7; the newest checkpoint is .*step-00000004.pt"):
         t2.run()
     assert ckpt.list_step_checkpoints(t2.ckpt_dir)[0].name == "step-00000004.pt"
 
@@ -197,8 +198,26 @@ def test_best_checkpoint_scored_on_test_and_last_weights_kept(runs):
     ckpt.atomic_save({"format": "genlab-best", "step": early["step"], "monitor": "loss", "value": 1.0,
                       "model": early["model"]}, t.ckpt_dir / "best.pt")
     last = _weights(t.model)
-    best = t._evaluate_best()
+    best = t.evaluate_best()
     assert best["step"] == early["step"] and best["test"]["loss"] != res["test"]["loss"]
     assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in last.items())  # put back
     t.model.load_state_dict(early["model"])
     assert best["test"] == t.evaluate("test", None)
+
+
+@pytest.mark.parametrize("render_every", [10, 7])  # the stop step is a render step, or is not
+def test_early_stop_keeps_the_final_model_as_last_frame_and_figure(runs, render_every):
+    import numpy as np
+    from PIL import Image
+
+    mapping = tiny_recipe("ae", steps=60, early_stopping_patience=1)
+    mapping["log"].update(eval_every=4, render_every=render_every)
+    t, res = _train(mapping, runs)
+    assert res["stopped_early"] and t.step < 60
+    frames = sorted((t.figures / "frames").glob("filters-step*.png"))
+    assert int(frames[-1].stem.rsplit("-step", 1)[1]) == t.step  # the model as it ended
+    figure, last, first = (np.asarray(Image.open(p))
+                           for p in (t.figures / "filters.png", frames[-1], frames[0]))
+    assert np.array_equal(figure, last)
+    assert not np.array_equal(figure, first)  # not the untrained model
+    assert (t.figures / "filters_evolution.png").is_file()

@@ -84,6 +84,13 @@ def prune(ckpt_dir: Path, keep: int) -> None:
 
 
 # -- random number generator state, as plain tensors and lists ---------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {

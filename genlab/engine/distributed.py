@@ -28,6 +28,7 @@ to each rank on resume.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import warnings
@@ -38,6 +39,17 @@ import torch.distributed as dist
 from torch import nn
 
 from genlab.core.errors import GenlabError
+from genlab.data.sampler import derive_seed
+from genlab.engine.checkpoints import rng_state, seed_everything, set_rng_state
+
+if dist.is_available():
+    # Imported here, before any process group exists, on purpose: torch.distributed.nn.functional
+    # binds `group=group.WORLD` as default arguments when it is first imported. Imported after a
+    # group exists (torch.use_deterministic_algorithms imports it, through torch._inductor), those
+    # defaults hold the group, destroy_process_group cannot free it, and its gloo threads live
+    # until interpreter exit, where the process can abort (SIGABRT, "terminate called without an
+    # active exception") after all its work is done.
+    import torch.distributed.nn
 
 #: How long a collective may wait for a missing rank before the job fails instead of hanging.
 TIMEOUT_S = int(os.environ.get("GENLAB_DIST_TIMEOUT_S", "600"))
@@ -103,7 +115,11 @@ class Dist:
         backend = "nccl" if use_cuda else "gloo"
         kwargs = {"device_id": torch.device("cuda", local)} if use_cuda else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S), **kwargs)
-        return cls(rank, world, local, owns_group=True)
+        made = cls(rank, world, local, owns_group=True)
+        # Leave the group on every way out (an error, Ctrl-C, sys.exit), not only after a finished
+        # run: a group still alive when the interpreter exits can abort the process (see above).
+        atexit.register(made.close)
+        return made
 
     def device(self, device: torch.device) -> torch.device:
         """The rank's own GPU on CUDA (cuda:LOCAL_RANK); CPU and MPS unchanged."""
@@ -113,15 +129,73 @@ class Dist:
 
     def per_rank_batch(self, global_batch: int, key: str = "train.batch_size") -> int:
         if global_batch % self.world_size:
+            fits = global_batch // self.world_size * self.world_size or self.world_size
             raise GenlabError(f"{key}: {global_batch} is the global batch and must divide evenly "
-                              f"over {self.world_size} processes (e.g. "
-                              f"{global_batch // self.world_size * self.world_size or self.world_size})")
+                              f"over {self.world_size} processes (e.g. {fits})")
         return global_batch // self.world_size
 
     def close(self) -> None:
+        """Leave the process group if this process made it (idempotent); its threads stop here."""
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
-            self.owns_group = False
+        if self.owns_group:
+            atexit.unregister(self.close)
+        self.owns_group = False
+
+    # -- the trainer's data-parallel steps (all no-ops for one process) --------------------------
+    def share_model(self, model: nn.Module, seed: int) -> None:
+        """Tell the model its rank, give every rank rank 0's initial weights (seeded alike, and
+        made sure of), then give each rank its own random stream for what is rank-local by
+        design: corruption noise, Gibbs chains, exploration."""
+        if not self.enabled:
+            return
+        model.set_rank(self.rank, self.world_size)
+        self.broadcast_module(model)
+        seed_everything(derive_seed(seed, "rank", self.rank))
+
+    def earliest_step(self, first_bad: torch.Tensor) -> int:
+        """The earliest step any rank flagged (`first_bad` is -1 where none): every rank stops
+        alike on the first non-finite loss of any of them."""
+        if self.enabled:
+            never = torch.iinfo(torch.long).max
+            flag = torch.where(first_bad < 0, torch.full_like(first_bad, never), first_bad).clone()
+            flag = self.min_(flag)
+            first_bad = torch.where(flag == never, torch.full_like(flag, -1), flag)
+        return int(first_bad.item())
+
+    def mean_over_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Scalar tensors averaged over the ranks (the same keys, in the same order, everywhere)."""
+        if not values:
+            return {}
+        keys = list(values)  # the same insertion order on every rank
+        stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+        stacked = self.sum_(stacked) / self.world_size
+        return dict(zip(keys, stacked.tolist()))
+
+    def gather_rank_local(self, model: nn.Module) -> list[dict] | None:
+        """For a checkpoint: batch-norm statistics made rank 0's everywhere, then every rank's RNG
+        state and rank-local buffers, on rank 0 (None on the others and for one process)."""
+        if not self.enabled:
+            return None
+        self.broadcast_module(model, BATCH_NORMS)
+        return self.gather_objects({"rng": rng_state(), "buffers": rank_local_buffers(model)})
+
+    def restore_rank_local(self, state: dict, model: nn.Module, seed: int) -> None:
+        """On resume: this rank's own RNG stream, replay buffer and chains from a checkpoint (as
+        `gather_rank_local` saved them); a rank the checkpoint did not have starts a new stream."""
+        saved_world = state.get("world_size", 1)
+        if not self.enabled and saved_world == 1:
+            return  # one process wrote it, one resumes it: rank 0's state is the state
+        ranks = state.get("ranks") or [{"rng": state["rng"]}]
+        if self.rank < len(ranks):
+            mine = ranks[self.rank]
+            set_rng_state(mine["rng"])
+            if "buffers" in mine:
+                model.load_state_dict(mine["buffers"], strict=False)
+        else:
+            seed_everything(derive_seed(seed, "rank", self.rank, state["step"]))
+        if saved_world != self.world_size and self.is_main:
+            warn_world_change(saved_world, self.world_size)
 
     # -- collectives (all no-ops for one process) ------------------------------------------------
     def average_gradients(self, params: list[nn.Parameter]) -> None:
@@ -162,7 +236,8 @@ class Dist:
             offset += n
         return flat
 
-    def broadcast_module(self, module: nn.Module, buffers_only_of: tuple[type, ...] | None = None) -> None:
+    def broadcast_module(self, module: nn.Module,
+                         buffers_only_of: tuple[type, ...] | None = None) -> None:
         """Copy rank 0's parameters and buffers (or only the buffers of `buffers_only_of` modules,
         e.g. batch norm) to every rank."""
         if not self.enabled:
@@ -232,6 +307,6 @@ def rank_local_buffers(module: nn.Module) -> dict:
 
 def warn_world_change(saved: int, now: int) -> None:
     warnings.warn(f"the checkpoint was written by {saved} process(es) and is resumed by {now}: "
-                  f"parameters, optimizer state and the data position carry over exactly; rank-local "
-                  f"state (RNG streams, replay buffers, PCD chains) of ranks >= {min(saved, now)} "
-                  f"starts from rank 0's", RuntimeWarning, stacklevel=2)
+                  f"parameters, optimizer state and the data position carry over exactly; "
+                  f"rank-local state (RNG streams, replay buffers, PCD chains) of ranks >= "
+                  f"{min(saved, now)} starts from rank 0's", RuntimeWarning, stacklevel=2)

@@ -1,12 +1,16 @@
-"""Run directories, TensorBoard logging, metrics.json and the figures a run leaves behind."""
+"""Run directories, TensorBoard logging and the training-curve figure a run leaves behind.
+
+(metrics.json is written with genlab.core.files.write_json, the one strict JSON writer.)
+"""
 from __future__ import annotations
 
-import json
-import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from genlab.core.files import write_json
 
 
 def new_run_dir(root: Path, recipe_name: str, tag: str | None = None) -> Path:
@@ -20,18 +24,9 @@ def new_run_dir(root: Path, recipe_name: str, tag: str | None = None) -> Path:
     return path
 
 
-def _finite_or_none(v):
-    return v if isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v)) else None
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = Path(path).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_finite_or_none, allow_nan=False) + "\n")
-    tmp.replace(path)
-
-
 class Tracker:
-    """A thin TensorBoard writer. Tags are namespaced: train/..., eval/..., charts/..., renders/..."""
+    """A thin TensorBoard writer. Tags are namespaced: train/..., eval/..., charts/...,
+    renders/..."""
 
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.run_dir, self.enabled = Path(run_dir), enabled
@@ -65,12 +60,14 @@ class Tracker:
             self.writer.add_text(tag, text, step)
 
     def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
-        """hparams and final metrics in the run's own event file (not a sub-run, as add_hparams does)."""
+        """hparams and final metrics in the run's own event file (not a sub-run, as
+        add_hparams does)."""
         if not self.enabled:
             return
         from torch.utils.tensorboard.summary import hparams as hp_summary
 
-        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                 for k, v in hparams.items()}
         metric_tags = {f"hparams/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         exp, ssi, sei = hp_summary(clean, metric_tags)
         fw = self.writer.file_writer
@@ -87,6 +84,85 @@ class Tracker:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+@dataclass
+class LogWindow:
+    """What accumulates between two train log lines: the step outputs' sums and the throughput."""
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps: int = 0
+    samples: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    extra: float = 0.0  # seconds spent on evaluation, renders and checkpoints, not training
+
+    def add(self, out: dict[str, torch.Tensor], samples: int) -> None:
+        for k, v in out.items():
+            self.sums[k] = self.sums[k] + v.detach() if k in self.sums else v.detach().clone()
+        self.steps += 1
+        self.samples += samples
+
+    def samples_per_s(self) -> float:
+        return self.samples / max(time.perf_counter() - self.start - self.extra, 1e-9)
+
+
+class Console:
+    """A run's lines on stdout: one per train log and per evaluation, or, with `progress`, a
+    tqdm bar (train numbers in its postfix, evaluations written above it). `quiet` prints
+    nothing (every rank but 0 is quiet)."""
+
+    def __init__(self, quiet: bool, progress: bool):
+        self.quiet, self.progress = quiet, progress
+        self.bar = None
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def open_bar(self, total: int, initial: int) -> None:
+        if self.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def step_done(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def train_line(self, step: int, steps: int, means: dict[str, float], sps: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({**{k: f"{v:.4g}" for k, v in list(means.items())[:3]},
+                                  "samples/s": f"{sps:.0f}"}, refresh=False)
+        else:
+            items = "  ".join(f"{k} {v:.4g}" for k, v in means.items())
+            self.say(f"step {step:>6}/{steps}  {items}  {sps:,.0f} samples/s")
+
+    def eval_line(self, step: int, metrics: dict[str, float]) -> None:
+        msg = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        (self.bar.write if self.bar is not None else self.say)(f"eval  step {step:>6}  {msg}")
+
+    def summary(self, test: dict[str, float], best: dict, run_dir: Path) -> None:
+        """The last lines of a finished run: test scores (also of best.pt), where it is."""
+        self.say("test  " + "  ".join(f"{k} {v:.4g}" for k, v in test.items()))
+        if "test" in best:
+            self.say(f"test of best.pt (step {best['step']}, chosen on val {best['monitor']}):  "
+                     + "  ".join(f"{k} {v:.4g}" for k, v in best["test"].items()))
+        self.say(f"run written to {run_dir}")
+
+
+def write_outputs(run_dir: Path, result: dict, history: dict[str, list[list[float]]],
+                  hparams: dict, tracker: Tracker) -> None:
+    """What a finished run leaves: metrics.json, figures/curves.png, and the hparams with the
+    final val/test metrics in TensorBoard (whose writer is closed)."""
+    write_json(run_dir / "metrics.json", result)
+    plot_curves(history, run_dir / "figures" / "curves.png")
+    tracker.hparams(hparams, {f"val/{k}": v for k, v in result["val"].items()}
+                    | {f"test/{k}": v for k, v in result["test"].items()})
+    tracker.close()
 
 
 def plot_curves(history: dict[str, list[list[float]]], path: Path) -> None:

@@ -20,17 +20,19 @@ out = Path(sys.argv[1])
 dist.init_process_group("gloo")  # the trainer reuses the group torchrun's variables describe
 rank = dist.get_rank()
 report = {}
-for family in TINY_FAMILIES:
-    rec = from_mapping(tiny_recipe(family, steps=8))
-    t = Trainer(rec, out_root=out / "runs", quiet=True, progress=False)
-    before = torch.cat([p.detach().flatten().clone() for p in t.model.parameters()])
-    t.run()
-    after = torch.cat([p.detach().flatten() for p in t.model.parameters()])
-    mine = after.double()
-    other = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(other, mine)
-    report[family] = {"params_equal": all(torch.equal(other[0], o) for o in other),
-                      "changed": not torch.equal(before, after), "steps": t.step,
-                      "rank_batch": t.rank_batch}
-(out / f"rank{rank}.json").write_text(json.dumps(report))
-dist.destroy_process_group()
+try:
+    for family in TINY_FAMILIES:
+        rec = from_mapping(tiny_recipe(family, steps=8))
+        t = Trainer(rec, out_root=out / "runs", quiet=True, progress=False)
+        before = torch.cat([p.detach().flatten().clone() for p in t.model.parameters()])
+        t.run()
+        after = torch.cat([p.detach().flatten() for p in t.model.parameters()])
+        mine = after.double()
+        other = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(other, mine)
+        report[family] = {"params_equal": all(torch.equal(other[0], o) for o in other),
+                          "changed": not torch.equal(before, after), "steps": t.step,
+                          "rank_batch": t.rank_batch}
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
+finally:  # leave the group on every way out: one alive at interpreter exit can abort the process
+    dist.destroy_process_group()

@@ -1,0 +1,22 @@
+"""Run by tests/test_distributed.py under torchrun (2 gloo processes): the trainer's process group
+is really gone after Dist.close(), even though torch.use_deterministic_algorithms (which the trainer
+calls on CPU) imports torch modules that could keep a reference to it. Prints the names of the
+process's native threads before and after."""
+import os
+
+import torch
+
+from genlab.engine.distributed import Dist
+
+
+def threads() -> list[str]:
+    tasks = os.listdir("/proc/self/task")
+    return sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks)
+
+
+d = Dist.from_env("cpu")
+torch.use_deterministic_algorithms(True, warn_only=True)  # as the trainer does on CPU
+d.sum_(torch.ones(3))
+print(f"rank {d.rank} before {threads()}", flush=True)
+d.close()
+print(f"rank {d.rank} after {threads()}", flush=True)
