@@ -48,12 +48,18 @@ def __getattr__(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors exit 2 with one clear line, never a traceback."""
+    from genlab.core.threads import passive_openmp
+
+    passive_openmp()  # before the commands import torch: OpenMP reads it once, when loaded
     try:
         rv = build().main(args=argv, prog_name="genlab", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.BadParameter as e:  # a bad value (a path, a choice): one line, no usage block
+        click.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
     except click.ClickException as e:
         e.show()
         return e.exit_code

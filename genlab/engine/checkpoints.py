@@ -28,6 +28,8 @@ def atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; give it the permissions of any other file (the umask's)
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -41,6 +43,13 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def safe_load(path: Path, map_location: str | torch.device = "cpu") -> dict:
@@ -78,9 +87,46 @@ def load_latest(ckpt_dir: Path, map_location="cpu") -> tuple[dict, Path]:
     raise CheckpointError(f"every checkpoint in {ckpt_dir} is unreadable")
 
 
+_checked: dict[str, tuple[int, int, bool]] = {}  # path -> (size, mtime, is_checkpoint)
+_warned: set[Path] = set()  # junk files prune has warned about
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` reads as a genlab step checkpoint: its pickle loads (weights_only) into a
+    dict with a step and a model. Tensors are memory-mapped, not read, so this is cheap; the
+    answer is remembered while the file's size and mtime stay the same."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return False
+    seen = _checked.get(str(path))
+    if seen is not None and seen[:2] == (st.st_size, st.st_mtime_ns):
+        return seen[2]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ok = isinstance(state, dict) and "step" in state and "model" in state
+    except Exception:  # noqa: BLE001 - whatever fails to load is not a checkpoint
+        ok = False
+    _checked[str(path)] = (st.st_size, st.st_mtime_ns, ok)
+    return ok
+
+
 def prune(ckpt_dir: Path, keep: int) -> None:
-    for old in list_step_checkpoints(ckpt_dir)[keep:]:
-        old.unlink(missing_ok=True)
+    """Delete all but the newest `keep` step checkpoints. Only files that read as checkpoints
+    count and are deleted: a junk `step-*.pt` (a stray copy, a truncated file) is left alone,
+    with one warning, and never pushes out a good checkpoint."""
+    kept = 0
+    for path in list_step_checkpoints(ckpt_dir):
+        if not is_checkpoint(path):
+            if path not in _warned:
+                _warned.add(path)
+                warnings.warn(f"{path} is not a readable genlab checkpoint; left alone (and not "
+                              f"counted among the {keep} kept)", stacklevel=2)
+            continue
+        kept += 1
+        if kept > keep:
+            path.unlink(missing_ok=True)
+            _checked.pop(str(path), None)
 
 
 # -- random number generator state, as plain tensors and lists ---------------------------------

@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+
+from genlab.core.errors import GenlabError, NonFiniteLossError
 from genlab.engine import checkpoints as ckpt
 
 
@@ -77,6 +80,32 @@ def restore(t) -> Path:
     return path
 
 
+def finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of `model` is finite."""
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values()
+               if v.is_floating_point())
+
+
+def nonfinite_error(t, bad: int) -> NonFiniteLossError:
+    """The error that stops a run whose loss was first non-finite at (0-based) step `bad`.
+
+    Checkpoint `step-<bad>` holds the weights that loss came from: a resume from it meets the
+    same loss whatever it overrides, so rank 0 sets it aside (renamed to `.pt.nonfinite`, kept
+    for inspection) and the message names the newest checkpoint before it."""
+    spoiled = ckpt.step_path(t.ckpt_dir, bad)
+    aside = ""
+    if t.dist.is_main and spoiled.is_file():
+        spoiled.replace(spoiled.with_name(spoiled.name + ".nonfinite"))
+        aside = f" (step {bad}'s checkpoint, whose weights gave it, is set aside as .nonfinite)"
+    good = ckpt.list_step_checkpoints(t.ckpt_dir)
+    where = (f"the last good checkpoint is {good[0]} (resume with `genlab train --resume "
+             f"{t.run_dir} --set train.lr=...` with a lower lr, or with train.grad_clip set)"
+             if good else "no checkpoint before it to resume from: start a new run with a lower "
+             "train.lr or with train.grad_clip set")
+    return NonFiniteLossError(f"non-finite loss (NaN or Inf) at step {bad + 1}{aside}; training "
+                              f"stopped and nothing after it was saved; {where}")
+
+
 def note_eval(t, metrics: dict[str, float]) -> None:
     """Best-checkpoint bookkeeping after an evaluation: a better value of the family's monitor
     becomes t.best and checkpoints/best.pt (rank 0 writes); otherwise t.evals_since_best (what
@@ -93,3 +122,21 @@ def note_eval(t, metrics: dict[str, float]) -> None:
             ckpt.atomic_save({"format": "genlab-best", "step": t.step, "monitor": name,
                               "value": value, "model": t.model.state_dict()},
                              t.ckpt_dir / "best.pt")
+
+
+def interrupted(t) -> None:
+    """Ctrl-C: keep what can be kept and say how to continue (always raises GenlabError)."""
+    t.console.close_bar()
+    t.tracker.close()
+    good = ckpt.list_step_checkpoints(t.ckpt_dir)
+    kept = f"the newest checkpoint is {good[0]}" if good else "no checkpoint was written"
+    if t.dist.enabled:  # the other ranks may be anywhere: no collective, no new save
+        raise GenlabError(f"interrupted near step {t.step}; {kept}; continue with the "
+                          f"same launch and `--resume {t.run_dir}`") from None
+    if t._mid_step:  # a step half applied is never saved
+        raise GenlabError(f"interrupted during step {t.step + 1}; {kept}; continue with "
+                          f"`genlab train --resume {t.run_dir}`") from None
+    t._check_finite()
+    path = t.save_checkpoint()
+    raise GenlabError(f"interrupted at step {t.step}; saved {path}; continue with "
+                      f"`genlab train --resume {t.run_dir}`") from None
