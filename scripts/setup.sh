@@ -10,3 +10,4 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 .venv/bin/python -c "import genlab, torch; print(f'genlab {genlab.__version__} ready (torch {torch.__version__}, cuda available: {torch.cuda.is_available()})')"
+echo "next: source .venv/bin/activate   # then genlab and tensorboard work as the README writes them"

@@ -10,6 +10,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Under pytest-xdist (`-n 2`, the default) each worker gets one core: one torch thread each
 # avoids oversubscription, which costs small models far more than it gains.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+# ... and `genlab train` called in a test keeps that count (it picks its own only when
+# OMP_NUM_THREADS is unset: genlab.core.threads).
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 # One tiny model config per registered family; the contract test fails for a family that has
 # none, so every new family must say how to build a small version of itself.

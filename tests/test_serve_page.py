@@ -151,5 +151,6 @@ def test_page_classifies_an_uploaded_brain_image(tmp_path_factory, tmp_path):
     assert shown["cls"] == p["class"]
     assert shown["probs"] == {k: f"{v:.3f}" for k, v in p["probabilities"].items()}
     assert shown["lesion"].startswith("LESION" if p["lesion"]["call"] else "no lesion")
+    assert shown["lesion"] == p["lesion"]["summary"]  # the same words as the API and predict
     assert shown["overlay"] == "data:image/png;base64,"
     assert shown["status"] == f"{image.name}: done"

@@ -133,36 +133,40 @@ def eval_cmd(run_dir, split, data_overrides, checkpoint, out, device, batch_size
 def predict_cmd(run_dir, images, checkpoint, device, as_json):
     """Classify IMAGE files with a trained classifier run.
 
-    Prints, per image, the predicted class, every class probability and the lesion call
-    (P(lesion) = 1 - P(no-lesion classes), a lesion at or above model.lesion_threshold).
+    Prints, per image, on a lesion task: the lesion call first, then the most likely class on
+    that side (a lesion class when it says LESION) with its probability, and the rule that made
+    the call (P(lesion) = 1 - P(no-lesion classes), a lesion at or above
+    model.lesion_threshold), then every class probability. Otherwise: the predicted class and
+    every class probability. The API and the web page of `genlab serve` say the same.
 
     \b
     Examples:
       genlab predict runs/lesion_brain/20260101-120000 data/brain/A/train_000000.png
       genlab predict runs/lesion_brain/20260101-120000 scan1.png scan2.png --json
     """
+    from genlab.metrics.classification import lesion_reading
+
     run = _load(run_dir, checkpoint, device, "genlab predict")
     model, names = run.model, list(run.info.class_names)
     images = list(images)
     for start in range(0, len(images), 64):
         rows = images[start:start + 64]
         probs = model.predict_proba(run.read_images(rows)).cpu()
-        p_lesion = model.lesion_probability(probs)
         for i, path in enumerate(rows):
             k = int(probs[i].argmax())
             rec = {"image": str(path), "class": names[k], "probability": float(probs[i, k]),
                    "probabilities": {n: float(probs[i, j]) for j, n in enumerate(names)}}
-            if p_lesion is not None:
-                pl = float(p_lesion[i])
-                rec["p_lesion"] = pl
-                rec["lesion"] = pl >= model.cfg.lesion_threshold
+            reading = lesion_reading(probs[i].tolist(), names, model.negative,
+                                     model.cfg.lesion_threshold)
+            if reading is not None:  # the same object as the API's "lesion"
+                rec.update(p_lesion=reading["probability"], lesion=reading["call"],
+                           lesion_call=reading)
             if as_json:
                 click.echo(json.dumps(jsonable(rec)))
                 continue
             probs_txt = "  ".join(f"{n} {probs[i, j]:.3f}" for j, n in enumerate(names))
-            call = ("" if p_lesion is None else
-                    f"  ->  {'LESION' if rec['lesion'] else 'no lesion'} (P(lesion) {rec['p_lesion']:.3f})")
-            click.echo(f"{path}: {names[k]} ({probs[i, k]:.3f})  [{probs_txt}]{call}")
+            said = reading["summary"] if reading is not None else f"{names[k]} ({probs[i, k]:.3f})"
+            click.echo(f"{path}: {said}  [{probs_txt}]")
 
 
 # ----------------------------------------------------------------------------- explain

@@ -34,6 +34,15 @@ def forked_rng(device: torch.device):
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
+def scope(data, split: str, *, batch_size: int, max_batches: int | None) -> str:
+    """What `evaluate(..., max_batches)` scores, in words: "128 of 512 val examples" (the first
+    max_batches x batch_size) or "all 512 val examples"."""
+    n = data.size(split)
+    if max_batches is None or max_batches * batch_size >= n:
+        return f"all {n:,} {split} examples"
+    return f"{max_batches * batch_size:,} of {n:,} {split} examples"
+
+
 @torch.no_grad()
 def evaluate(model, data, split: str, *, batch_size: int, max_batches: int | None, dist: Dist,
              device: torch.device) -> dict[str, float]:

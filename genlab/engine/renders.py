@@ -12,12 +12,28 @@ import torch
 from genlab.engine.evaluation import forked_rng
 from genlab.engine.tracking import Tracker
 
+#: images per tag that TensorBoard keeps unless started with --samples_per_plugin images=N
+TENSORBOARD_IMAGES = 10
+
+
+def render_steps(render_every: int, steps: int) -> list[int]:
+    """The steps a run of `steps` renders at: 0, every `render_every`, and the last."""
+    return sorted({0, *range(render_every, steps + 1, render_every), steps}) if render_every \
+        else [0, steps]
+
+
+def tensorboard_images_flag(render_every: int, steps: int) -> str:
+    """The `tensorboard` option that shows every render of such a run, step 0 included
+    (TensorBoard keeps TENSORBOARD_IMAGES per tag, dropping early ones): 100, or more for a
+    run that renders more often."""
+    n = len(render_steps(render_every, steps))
+    return f"--samples_per_plugin images={max(100, -(-n // 100) * 100)}"
+
 
 def frame_steps(render_every: int, steps: int) -> set[int]:
     """The first, middle and last render steps of a run of `steps`: kept as PNG frames. A run
     that ends before `steps` (early stopping) also keeps the frame of the step it ended at."""
-    points = sorted({0, *range(render_every, steps + 1, render_every), steps}) if render_every \
-        else [0, steps]
+    points = render_steps(render_every, steps)
     mid = min(points, key=lambda s: abs(s - steps / 2))
     return {0, mid, steps}
 

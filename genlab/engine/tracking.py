@@ -4,23 +4,52 @@
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from genlab.core.errors import GenlabError
 from genlab.core.files import write_json
+
+_TAG = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def check_tag(tag: str | None) -> None:
+    """A run folder's tag is a plain name: letters, digits, '-', '_', '.' (not '.' or '..'),
+    so the run stays in runs/<recipe>/; anything else is a GenlabError."""
+    if tag and (not _TAG.match(tag) or tag in (".", "..")):
+        raise GenlabError(f"--tag {tag!r}: expected a plain name of letters, digits, '-', '_' "
+                          f"and '.' (at most 100, no path separators, not '.' or '..')")
+
+
+def check_out_root(root: Path) -> None:
+    """GenlabError unless runs can be created under `root`: it is a folder or does not exist
+    yet, and its nearest existing ancestor is a folder (not a file)."""
+    root = Path(root)
+    for p in (root, *root.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "it" if p == root else str(p)
+                raise GenlabError(f"--out {root}: {what} is a file, not a folder")
+            return
 
 
 def new_run_dir(root: Path, recipe_name: str, tag: str | None = None) -> Path:
     """runs/<recipe>/<YYYYmmdd-HHMMSS>[-<tag>]/, made unique with a counter if taken."""
+    check_tag(tag)
+    check_out_root(root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(root) / recipe_name / (f"{stamp}-{tag}" if tag else stamp)
     path, n = base, 1
     while path.exists():
         path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:  # a file in the way, no permission, a read-only disk
+        raise GenlabError(f"cannot create the run folder {path}: {e.strerror or e}") from None
     return path
 
 
@@ -52,8 +81,12 @@ class Tracker:
             self.writer.add_image(tag, img.clamp(0, 1), step, dataformats="CHW")
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        """A histogram of `values`; none when TensorBoard's bins (|x| <= 1e20) hold no value."""
         if self.enabled and values.numel() > 0:
-            self.writer.add_histogram(tag, values.detach().float().cpu().flatten(), step)
+            try:
+                self.writer.add_histogram(tag, values.detach().float().cpu().flatten(), step)
+            except ValueError:  # "The histogram is empty": the weights of a diverged run
+                pass
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         if self.enabled:
@@ -105,6 +138,22 @@ class LogWindow:
         return self.samples / max(time.perf_counter() - self.start - self.extra, 1e-9)
 
 
+def _bar_size() -> dict:
+    """tqdm's size arguments: follow the terminal, or, where it reports no size (0 x 0, as a
+    serial console or a container's pty may), 100 columns and 20 rows: tqdm would otherwise
+    take the 0 rows as "no room" and draw nothing at all."""
+    import os
+    import sys
+
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return {"dynamic_ncols": True}
+    if size.columns > 0 and size.lines > 0:
+        return {"dynamic_ncols": True}
+    return {"ncols": size.columns or 100, "nrows": size.lines or 20}
+
+
 class Console:
     """A run's lines on stdout: one per train log and per evaluation, or, with `progress`, a
     tqdm bar (train numbers in its postfix, evaluations written above it). `quiet` prints
@@ -122,7 +171,7 @@ class Console:
         if self.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, unit="step", **_bar_size())
 
     def step_done(self) -> None:
         if self.bar is not None:
@@ -141,13 +190,20 @@ class Console:
             items = "  ".join(f"{k} {v:.4g}" for k, v in means.items())
             self.say(f"step {step:>6}/{steps}  {items}  {sps:,.0f} samples/s")
 
-    def eval_line(self, step: int, metrics: dict[str, float]) -> None:
-        msg = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    def eval_line(self, step: int, metrics: dict[str, float], scope: str = "") -> None:
+        """An evaluation's scores; `scope` says on what (e.g. "128 of 512 val examples")."""
+        msg = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()) + (f"  ({scope})" if scope else "")
         (self.bar.write if self.bar is not None else self.say)(f"eval  step {step:>6}  {msg}")
 
-    def summary(self, test: dict[str, float], best: dict, run_dir: Path) -> None:
-        """The last lines of a finished run: test scores (also of best.pt), where it is."""
-        self.say("test  " + "  ".join(f"{k} {v:.4g}" for k, v in test.items()))
+    def summary(self, test: dict[str, float], best: dict, run_dir: Path,
+                val: dict[str, float] | None = None, scopes: dict[str, str] | None = None) -> None:
+        """The last lines of a finished run: the final val and test scores (what metrics.json
+        holds; `scopes` says on what), the test scores of best.pt, where the run is."""
+        scopes = scopes or {}
+        for name, metrics in (("val", val), ("test", test)):
+            if metrics is not None:
+                self.say(f"{name:<5} " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                         + (f"  ({scopes[name]})" if scopes.get(name) else ""))
         if "test" in best:
             self.say(f"test of best.pt (step {best['step']}, chosen on val {best['monitor']}):  "
                      + "  ".join(f"{k} {v:.4g}" for k, v in best["test"].items()))

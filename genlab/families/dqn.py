@@ -54,7 +54,7 @@ from genlab.envs.rollout import greedy_episode, greedy_play
 from genlab.families.base import Family, StepContext
 from genlab.nn.optim import build_optimizer
 from genlab.nn.qnet import QNet, QNetConfig, save_qnet
-from genlab.viz.maze import frame_strip, q_heatmap, q_map
+from genlab.viz.maze import frame_strip, q_heatmap, q_map, qnet_filters, qnet_maps, start_observation
 
 _STATS = 100  # finished training episodes kept for charts/episodic_return
 
@@ -314,9 +314,15 @@ class DQN(Family):
 
     @torch.no_grad()
     def renders(self, batch):
+        """One fixed maze (the first of the batch: the same val maze at every render): a greedy
+        episode, the max-Q heat map, and the first layer's filters and activations on it."""
         layout = self.task.layout_of(int(batch["seed"][0]))
+        obs = start_observation(layout, self.epsilon.device, self.task.config)
+        kernels, channels, acts = self.q.first_layer(obs)
         return {"episode": frame_strip(self.episode(layout)["rgb"]),
-                "q_heatmap": q_heatmap(self.q_map(layout), layout)}
+                "q_heatmap": q_heatmap(self.q_map(layout), layout),
+                "filters": qnet_filters(kernels, channels),
+                "feature_maps": qnet_maps(acts)}
 
     @torch.no_grad()
     def histograms(self, batch):

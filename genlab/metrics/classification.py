@@ -365,6 +365,52 @@ def resolve_negative(given: list[str] | None, class_names: tuple[str, ...]) -> l
     return found if len(found) < len(names) else []
 
 
+def _listing(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def lesion_reading(probs: Sequence[float], names: Sequence[str], negative: Sequence[int],
+                   threshold: float) -> dict | None:
+    """The lesion call for one image and how it was made: the one wording of `genlab predict`,
+    the API and its web page. None when no class is negative (not a lesion task).
+
+    The rule: P(lesion) = 1 - P(negative classes), a lesion at or above `threshold`. It sums
+    the lesion classes, so it can call a lesion while a negative class is the single most
+    likely one (A 0.25, B 0.23, C 0.22, Z 0.30: Z is the top class, P(lesion) is 0.70); the
+    reading says so instead of leaving a bare "Z" beside "LESION". `likely_class` is the most
+    likely class of the side the call took (a lesion class when it says lesion).
+
+    Returns {"call", "probability" (P(lesion)), "threshold", "negative_classes", "rule",
+    "likely_class", "likely_probability", "top_class", "summary"}; "summary" puts the call
+    first, then the likely class, then the rule."""
+    if not negative:
+        return None
+    p = [float(v) for v in probs]
+    names = list(names)
+    neg = sorted(int(i) for i in negative)
+    pos = [i for i in range(len(p)) if i not in neg]
+    p_lesion = max(0.0, 1.0 - sum(p[i] for i in neg))
+    call = p_lesion >= threshold
+    side = pos if call else neg
+    k = max(side, key=lambda i: p[i])
+    top = max(range(len(p)), key=lambda i: p[i])
+    rule = (f"P(lesion) = 1 - {' - '.join(f'P({names[i]})' for i in neg)} = {p_lesion:.3f} "
+            f"{'>=' if call else '<'} threshold {threshold:g}")
+    summary = "LESION" if call else "no lesion"
+    if len(side) > 1:
+        summary += f", most likely {'lesion class ' if call else ''}{names[k]} ({p[k]:.3f})"
+    summary += f"; rule: {rule}"
+    if top not in side:
+        lesion = f"the lesion class{'es' if len(pos) > 1 else ''} {_listing([names[i] for i in pos])}"
+        summary += (f"; the single most likely class is {names[top]} ({p[top]:.3f}), but {lesion} "
+                    + (f"together have {p_lesion:.3f}" if call else
+                       f"({p_lesion:.3f}) stay{'' if len(pos) > 1 else 's'} below the threshold"))
+    return {"call": call, "probability": p_lesion, "threshold": float(threshold),
+            "negative_classes": [names[i] for i in neg], "rule": rule,
+            "likely_class": names[k], "likely_probability": p[k], "top_class": names[top],
+            "summary": summary}
+
+
 def _jsonable(x: Any) -> Any:
     """Python builtins only; NaN/inf floats become None."""
     if isinstance(x, Mapping):

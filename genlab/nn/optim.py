@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules built from the recipe's `train:` section."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 
@@ -27,6 +28,18 @@ def build_optimizer(params: Iterable, train, lr: float | None = None) -> torch.o
         return torch.optim.SGD(params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay,
                                nesterov=train.nesterov and train.momentum > 0)
     raise ValueError(f"unknown optimizer {train.optimizer!r}")
+
+
+def fit_warmup(train):
+    """`train` with a warm-up that fits the run: warmup_steps at or beyond train.steps (a quick
+    `--set train.steps=5` of a recipe that warms up for 100) becomes a tenth of train.steps.
+    Returns (train config, a line saying what changed, or None when nothing did)."""
+    if not train.warmup_steps or train.warmup_steps < train.steps:
+        return train, None
+    scaled = train.steps // 10
+    note = (f"train.warmup_steps ({train.warmup_steps}) is not below train.steps ({train.steps}): "
+            f"warm-up scaled down to {scaled} steps (a tenth of the run)")
+    return dataclasses.replace(train, warmup_steps=scaled), note
 
 
 def lr_factor(step: int, train) -> float:

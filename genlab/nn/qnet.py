@@ -161,6 +161,29 @@ class QNet(nn.Module):
         self.adv = nn.Linear(feat, 3)
         self.value = nn.Linear(feat, 1) if cfg.dueling else None
 
+    @torch.no_grad()
+    def first_layer(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor]:
+        """What the first layer does to one observation x (1, 8, H, W), for renders: its
+        weights as kernels (units, channels read, kh, kw) - an MLP's first Linear reshaped onto
+        the (cropped) maze -, the observation channels they read (indices into
+        genlab.envs.maze.CHANNELS; the planning trunk reads wall, food and shock only), and
+        its activations after the ReLU: (units, h, w) maps, or (units,) for an MLP."""
+        first = self.trunk[0]
+        if isinstance(first, PlanTrunk):
+            conv = first.features[0]
+            return conv.weight, (0, 1, 2), first.features[:2](x[:, :3])[0]
+        if isinstance(first, nn.Conv2d):
+            return first.weight, tuple(range(x.shape[1])), self.trunk[:2](x)[0]
+        z, shape = x, x.shape[1:]
+        for m in [*self.trunk, self.adv]:  # the MLP: crop and flatten, then the first Linear
+            if isinstance(m, nn.Linear):  # (the head's, when there is no hidden layer)
+                acts = m(z)
+                acts = F.relu(acts) if m is not self.adv else acts
+                return m.weight.view(m.out_features, *shape), tuple(range(x.shape[1])), acts[0]
+            shape = z.shape[1:] if z.dim() == 4 else shape
+            z = m(z)
+        raise ValueError("the Q-network has no layer with weights")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.trunk(x)
         a = self.adv(z)

@@ -3,10 +3,12 @@ with weights_only=True, eval mode, on the configured device) and one batched pre
 
 The answer for an image is the family's own: probabilities = `Classifier.predict_proba`
 (softmax of the logits, without gradients), P(lesion) = `Classifier.lesion_probability`
-(1 - P(negative classes)), a lesion call at or above `model.lesion_threshold` — exactly what
-`genlab predict` prints. A Grad-CAM overlay (the predicted class, `Classifier.gradcam` and
-`genlab.metrics.gradcam.overlay`) is drawn only for images that ask for one; it is the one place that
-takes gradients (with respect to the input; no parameter's .grad is touched).
+(1 - P(negative classes)), a lesion call at or above `model.lesion_threshold`, read out by
+`genlab.metrics.classification.lesion_reading` (the call, the most likely class on its side,
+the rule, one summary sentence) — exactly what `genlab predict` prints. A Grad-CAM overlay (the
+predicted class, `Classifier.gradcam` and `genlab.metrics.gradcam.overlay`) is drawn only for
+images that ask for one; it is the one place that takes gradients (with respect to the input; no
+parameter's .grad is touched).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import genlab
 from genlab.core.files import jsonable
 from genlab.engine.runs import load_run
 from genlab.families.base import require
+from genlab.metrics.classification import lesion_reading
 from genlab.serve.images import FORMATS, Decoded, png_base64
 
 
@@ -72,7 +75,9 @@ class ServedModel:
                 "in_model": {"clahe": bool(cfg.clahe)},
             },
             "lesion": ({"negative_classes": self.negative, "threshold": self.threshold,
-                        "rule": "P(lesion) = 1 - P(negative classes); lesion when >= threshold"}
+                        "rule": "P(lesion) = 1 - P(negative classes); lesion when >= threshold "
+                                "(each prediction's lesion.summary says the call, the most likely "
+                                "class on its side and the numbers)"}
                        if self.negative else None),
             "gradcam_available": bool(self.model.can_explain),
             "test_metrics": test, "test_metrics_source": source, "eval_test": eval_block,
@@ -85,7 +90,6 @@ class ServedModel:
         x = torch.stack([d.x for d, _ in items]).to(self.run.device)  # (B, C, H, W)
         with torch.inference_mode():
             probs = self.model.predict_proba(x).cpu()  # (B, K) softmax of the logits
-        p_lesion = self.model.lesion_probability(probs)
         want = [i for i, (_, cam) in enumerate(items) if cam]
         overlays: dict[int, str] = {}
         if want and self.model.can_explain:
@@ -98,14 +102,14 @@ class ServedModel:
         out = []
         for i, (d, _) in enumerate(items):
             k = int(probs[i].argmax())
-            rec = {"name": d.name, "class": self.names[k], "probability": float(probs[i, k]),
+            # the lesion call first: "class" alone (the single most likely) can be a healthy
+            # class while the lesion classes together make the call (lesion_reading)
+            rec = {"name": d.name,
+                   "lesion": lesion_reading(probs[i].tolist(), self.names, self.model.negative,
+                                            self.threshold),
+                   "class": self.names[k], "probability": float(probs[i, k]),
                    "probabilities": {n: float(probs[i, j]) for j, n in enumerate(self.names)},
-                   "lesion": None,
                    "input": {"original": d.original, "converted": d.converted},
                    "gradcam_png": overlays.get(i)}
-            if p_lesion is not None:
-                pl = float(p_lesion[i])
-                rec["lesion"] = {"probability": pl, "threshold": self.threshold,
-                                 "call": pl >= self.threshold, "negative_classes": self.negative}
             out.append(rec)
         return out

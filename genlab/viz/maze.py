@@ -3,8 +3,13 @@
     frame_strip   an episode's RGB frames in a grid (evenly subsampled, first and last kept)
     q_map         max_a Q with the mouse at each floor cell, per heading (numbers, not a picture)
     q_heatmap     the maze, then q_map as colour panels on one scale
+    qnet_filters  a Q-network's first-layer weights: one row per observation channel it reads
+                  (labelled), one column per unit
+    qnet_maps     its first-layer activations on one maze: a feature map per unit (or, for an
+                  MLP, the units as the pixels of one square)
 
-Each drawing returns a CPU float32 (3, H, W) tensor in [0, 1], as genlab.viz.render does.
+Each drawing returns a CPU float32 (C, H, W) tensor in [0, 1], as genlab.viz.render does: RGB
+(C = 3) for the maze pictures, gray (C = 1) for qnet_filters and qnet_maps.
 """
 from __future__ import annotations
 
@@ -13,7 +18,10 @@ import torch
 from torch import nn
 
 from genlab.envs.maze import CHANNELS, Layout, MouseMazeEnv
-from genlab.viz.render import image_grid, tile_grid
+from genlab.viz.render import feature_maps, image_grid, label_rows, rms_scale, tile_grid, tile_kernels
+
+#: row labels of qnet_filters, one per observation channel (genlab.envs.maze.CHANNELS)
+CHANNEL_LABELS = ("wall", "food", "shock", "mouse", "facing N", "facing E", "facing S", "facing W")
 
 
 def frame_strip(frames: list[np.ndarray], max_frames: int = 32, per_row: int = 8) -> torch.Tensor:
@@ -72,3 +80,37 @@ def q_heatmap(qmap: torch.Tensor, layout: Layout, cell_px: int = 8) -> torch.Ten
         t = torch.from_numpy(rgb).float().permute(2, 0, 1)
         tiles.append(t.repeat_interleave(cell_px, 1).repeat_interleave(cell_px, 2))
     return tile_grid(torch.stack(tiles), nrow=len(tiles), pad=2, pad_value=1.0)
+
+
+def start_observation(layout: Layout, device: torch.device, config=None) -> torch.Tensor:
+    """(1, 8, H, W) float observation of `layout` as an episode in it starts (under `config`,
+    a MazeConfig; the default one if None)."""
+    env = MouseMazeEnv(config, layout=layout)
+    obs, _ = env.reset(seed=0)
+    return torch.from_numpy(obs)[None].to(device)
+
+
+def qnet_filters(kernels: torch.Tensor, channels: tuple[int, ...], max_units: int = 32) -> torch.Tensor:
+    """(1, H, W): first-layer weights (units, len(channels), kh, kw) as a grid whose row c holds
+    every unit's kernel on observation channel channels[c] (labelled on the left) and whose
+    column u is unit u (the first `max_units`). One contrast scale for all tiles, 3 x the RMS of
+    the weights shown (0 is mid-grey), so that channels and units compare."""
+    w = kernels[:max_units].detach().float().cpu()
+    units, c, kh, kw = w.shape
+    tiles = w.transpose(0, 1).reshape(c * units, 1, kh, kw)  # channel-major: one row each
+    up = max(1, 24 // max(kh, kw))
+    grid = tile_kernels(tiles, upscale=up, nrow=units, scale=rms_scale(w))
+    return label_rows(grid, [CHANNEL_LABELS[i] for i in channels], row_height=kh * up, pad=1)
+
+
+def qnet_maps(acts: torch.Tensor, max_maps: int = 32) -> torch.Tensor:
+    """(1, H, W): first-layer activations of one observation: (units, h, w) maps, each on its
+    own contrast (genlab.viz.render.feature_maps), or an MLP's (units,) as one square image,
+    unit k at row k // side, column k % side (empty places black)."""
+    a = acts.detach().float().cpu()
+    if a.dim() == 3:
+        return feature_maps(a, max_maps=max_maps, upscale=max(1, 32 // max(a.shape[-2:])))
+    side = int(np.ceil(np.sqrt(a.numel())))
+    square = torch.zeros(side * side)
+    square[:a.numel()] = a.flatten()
+    return feature_maps(square.view(1, side, side), max_maps=1, upscale=max(1, 128 // side))

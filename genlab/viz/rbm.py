@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from genlab.viz.render import image_grid, nearest_upscale, rms_scale, tile_weights, triplets
+from genlab.viz.render import image_grid, label_rows, nearest_upscale, rms_scale, tile_weights, triplets
 
 
 def stack_renders(weights: list[torch.Tensor], shape: list[int], max_units: int,
@@ -28,7 +28,9 @@ def stack_renders(weights: list[torch.Tensor], shape: list[int], max_units: int,
         field = w @ field  # (H_i, V): unit j's linear receptive field on the input
         f = field[:max_units]
         out[f"receptive_fields_layer{i}"] = tile_weights(f, shape, scale=rms_scale(f), upscale=up)
-    out["reconstructions"] = nearest_upscale(triplets(x, None, recon), up)
+    out["reconstructions"] = label_rows(nearest_upscale(triplets(x, None, recon), up),
+                                        ("input", "reconstructed"), row_height=shape[-2] * up,
+                                        pad=2 * up)
     out["samples"] = nearest_upscale(image_grid(samples.clamp(0, 1), nrow=8), up)
     if chains is not None and chains.shape[0]:
         grid = image_grid(chains[:32].view(-1, *shape).clamp(0, 1), nrow=8)

@@ -7,7 +7,7 @@ Every function returns a CPU float32 (C, H, W) tensor in [0, 1] with C = 1 or 3,
     tile_kernels   conv kernels (out, in, kh, kw), upscaled so 3x3 kernels are visible
     feature_maps   activations (C, H, W) of one input, each map normalised on its own
     image_grid     a batch of images (B, C, H, W)
-    triplets       rows clean / corrupted / reconstruction
+    triplets       rows clean / corrupted / reconstruction, optionally labelled (label_rows)
     side_by_side   frames (first, middle, last render) with labels, through matplotlib
     save_png       write any of the above to a PNG, upscaled so an 8x8 digit can be seen
 
@@ -191,14 +191,48 @@ def triplets(
     recon: torch.Tensor,
     n: int = 8,
     pad: int = 2,
+    labels: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Rows: clean / corrupted / reconstruction of the first n examples (two rows if
-    `corrupted` is None). `recon` may be flat (B, C*H*W); it is reshaped like `clean`."""
+    `corrupted` is None). `recon` may be flat (B, C*H*W); it is reshaped like `clean`.
+    `labels`, one per row (e.g. "clean", "noisy", "reconstructed"), are written on the left
+    (`label_rows`)."""
     rows = [clean, corrupted, recon] if corrupted is not None else [clean, recon]
     shape = clean.shape[1:]
     k = min(n, clean.shape[0])
     parts = [_prep(r)[:k].reshape(k, *shape) for r in rows]
-    return image_grid(torch.cat(parts), nrow=k, pad=pad)
+    grid = image_grid(torch.cat(parts), nrow=k, pad=pad)
+    if labels is None:
+        return grid
+    if len(labels) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
+    return label_rows(grid, labels, row_height=int(shape[-2]), pad=pad)
+
+
+def label_rows(grid: torch.Tensor, labels: Sequence[str], row_height: int, pad: int) -> torch.Tensor:
+    """A (C, H, W) grid of rows `row_height` px tall and `pad` px apart (as `image_grid` lays
+    them out), with a white column on its left holding labels[i] level with row i, in black.
+    Rows too low for text (8x8 digits) are enlarged first (nearest, an integer factor)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    factor = max(1, math.ceil(14 / row_height))
+    grid = nearest_upscale(_prep(grid), factor)
+    row_height, pad = row_height * factor, pad * factor
+    size = max(10, min(16, row_height // 6))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    width = 6 + max(math.ceil(probe.textlength(t, font=font)) for t in labels)
+    column = Image.new("L", (width, grid.shape[-2]), 255)
+    draw = ImageDraw.Draw(column)
+    for i, text in enumerate(labels):
+        top, bottom = probe.textbbox((0, 0), text, font=font)[1::2]
+        y = pad + i * (row_height + pad) + (row_height - (bottom - top)) // 2 - top
+        draw.text((3, y), text, fill=0, font=font)
+    col = torch.from_numpy(np.asarray(column, dtype=np.float32) / 255.0)[None]
+    return torch.cat([col.expand(grid.shape[0], -1, -1), grid], dim=-1)
 
 
 def to_rgb(img: torch.Tensor) -> torch.Tensor:
