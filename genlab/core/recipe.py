@@ -35,14 +35,17 @@ class TrainConfig:
     weight_decay: float = param(0.0, ge=0, help="L2 weight decay (decoupled for adamw)")
     betas: list[float] = param(default_factory=lambda: [0.9, 0.999], ge=0, lt=1, help="Adam betas")
     momentum: float = param(0.9, ge=0, lt=1, help="SGD momentum")
-    nesterov: bool = param(True, help="Nesterov momentum for SGD (the seed's choice)")
-    schedule: Literal["constant", "cosine", "step"] = param("constant", help="learning-rate schedule after warm-up")
-    warmup_steps: int = param(0, ge=0, help="linear warm-up steps from lr/warmup_steps to lr")
+    nesterov: bool = param(True, help="Nesterov momentum for SGD")
+    schedule: Literal["constant", "cosine", "step"] = param(
+        "constant", help="learning-rate schedule after warm-up")
+    warmup_steps: int = param(0, ge=0, help="linear warm-up steps from lr/warmup_steps to lr (one as "
+                              "long as the run or longer is scaled down to a tenth of train.steps)")
     min_lr_ratio: float = param(0.0, ge=0, le=1, help="cosine: final lr as a fraction of lr")
     step_size: int = param(1000, ge=1, help="step schedule: multiply lr by gamma every step_size steps")
     gamma: float = param(0.1, gt=0, le=1, help="step schedule: decay factor")
     grad_clip: float | None = param(1.0, gt=0, help="clip the global gradient norm to this (null: off)")
-    precision: Literal["fp32", "bf16", "fp16"] = param("fp32", help="fp32; bf16 autocast; fp16 autocast with a grad scaler")
+    precision: Literal["fp32", "bf16", "fp16"] = param(
+        "fp32", help="fp32; bf16 autocast; fp16 autocast with a grad scaler")
     device: Literal["auto", "cpu", "cuda", "mps"] = param("auto", help="auto: cuda, then mps, then cpu")
     compile: bool = param(False, help="torch.compile each submodule in place (falls back to eager "
                           "with a warning where it cannot compile)")
@@ -56,10 +59,11 @@ class TrainConfig:
                                   "best.val / best.test)")
     early_stopping_patience: int | None = param(None, ge=1, help="stop after this many evaluations "
                                                 "without a better val monitor metric (null: off)")
+    threads: int | None = param(None, ge=1, help="CPU threads of torch (null: the command line "
+                                "picks: OMP_NUM_THREADS if set, else the CPUs other jobs leave free; "
+                                "`genlab train --threads N` sets it)")
 
     def __post_init__(self):
-        if self.warmup_steps >= self.steps and self.warmup_steps > 0:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps})")
         if len(self.betas) != 2:
             raise ValueError(f"betas: expected two numbers, got {len(self.betas)}")
 
@@ -70,9 +74,16 @@ class LogConfig:
     eval_every: int = param(500, ge=0, help="steps between evaluations on val (0: only at the end)")
     render_every: int = param(500, ge=0, help="steps between renders to TensorBoard (0: only at the end)")
     checkpoint_every: int = param(500, ge=0, help="steps between checkpoints (0: only at the end)")
-    keep_checkpoints: int = param(3, ge=1, help="step checkpoints kept (older ones are deleted)")
+    keep_checkpoints: int = param(3, ge=1, help="step checkpoints kept, the newest (older ones are "
+                                  "deleted; each holds the weights and the optimizer state, about 3x "
+                                  "the weights with Adam; best.pt, the weights alone, is kept besides)")
     histograms: bool = param(True, help="weight and activation histograms at each render")
     render_examples: int = param(64, ge=1, help="validation examples used for renders")
+    probe_train: int = param(1000, ge=0, help="online linear probe at each evaluation of a family "
+                             "that exports an encoder, on labelled data: a logistic regression "
+                             "fit on the frozen features of this many training examples "
+                             "(eval/probe_acc, eval/probe_lesion_auc; 0: off)")
+    probe_val: int = param(500, ge=1, help="validation examples the online probe is scored on")
 
 
 @dataclass
@@ -86,7 +97,8 @@ class _Head:
     seed: int = param(0, ge=0, help="seed for python, numpy, torch and the data")
     model: dict[str, Any] | None = param(None, help="the family's options (see `genlab list`)")
     train: TrainConfig = param(default_factory=TrainConfig, help="the training loop")
-    log: LogConfig = param(default_factory=LogConfig, help="cadences of logs, evaluations, renders, checkpoints")
+    log: LogConfig = param(default_factory=LogConfig,
+                           help="cadences of logs, evaluations, renders, checkpoints")
 
 
 @dataclass
@@ -158,7 +170,14 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return from_mapping(data, overrides, where=str(path), default_name=path.stem)
 
 
-def save_recipe(recipe: Recipe, path: Path) -> None:
-    """The fully resolved recipe (defaults filled, overrides applied), reloadable as is."""
+def recipe_text(recipe: Recipe, notes: list[str] = ()) -> str:
+    """The fully resolved recipe as YAML (defaults filled, overrides applied), reloadable as is;
+    `notes` become comment lines under the header (e.g. what a resume changed, and when)."""
     text = yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None)
-    Path(path).write_text("# fully resolved recipe: defaults filled in, --set overrides applied\n" + text)
+    comments = "".join(f"# {n}\n" for n in notes)
+    return "# fully resolved recipe: defaults filled in, --set overrides applied\n" + comments + text
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    """Write `recipe_text(recipe)` to `path`."""
+    Path(path).write_text(recipe_text(recipe))

@@ -17,18 +17,18 @@ from pathlib import Path
 import torch
 
 from genlab.core.devices import select_device
-from genlab.core.errors import GenlabError, NonFiniteLossError
+from genlab.core.errors import GenlabError
 from genlab.core.recipe import Recipe, save_recipe
 from genlab.core.registry import get_dataset, get_family
 from genlab.data.sampler import IndexSampler
-from genlab.engine import checkpoints as ckpt
-from genlab.engine import evaluation, renders, state
+from genlab.engine import evaluation, renders, resume, state
 from genlab.engine.checkpoints import seed_everything
 from genlab.engine.distributed import Dist
+from genlab.engine.online_probe import OnlineProbe
 from genlab.engine.step import StepContext, compile_model
 from genlab.engine.tracking import Console, LogWindow, Tracker, new_run_dir, write_outputs
 from genlab.families.export import save_encoder
-from genlab.nn.optim import build_scheduler
+from genlab.nn.optim import build_scheduler, fit_warmup
 
 
 class Trainer:
@@ -39,6 +39,8 @@ class Trainer:
                  resume_dir: Path | None = None, tag: str | None = None,
                  progress: bool | None = None, quiet: bool = False):
         self.recipe, tc = recipe, recipe.train
+        # What a resume's overrides change (refused at once if it cannot change mid-run)
+        changed = resume.changes(resume_dir, recipe) if resume_dir is not None else []
         # torchrun's processes join one group here; a single process gets a no-op Dist.
         self.dist = Dist.from_env(device or tc.device)
         self.quiet = quiet or not self.dist.is_main  # only rank 0 talks, logs and writes
@@ -46,6 +48,12 @@ class Trainer:
             progress = sys.stderr.isatty() and not self.quiet
         self.progress = progress and self.dist.is_main
         self.console = Console(self.quiet, self.progress)
+        tc, note = fit_warmup(tc)  # a warm-up longer than the run is scaled down, and said so
+        if note:
+            self.recipe = recipe = dataclasses.replace(recipe, train=tc)
+            self.console.say(note)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
         seed_everything(recipe.seed)
         self.device = self.dist.device(select_device(device or tc.device))
         if self.device.type == "cpu":
@@ -83,11 +91,14 @@ class Trainer:
         self.best: float | None = None
         self.evals_since_best = 0
         self.stopped_early = False
+        self.probe = OnlineProbe.for_run(self.model, self.data, recipe.log, self.device)
         self._rendered_step: int | None = None  # the step of the newest render
 
         if resume_dir is not None:
             self.run_dir = Path(resume_dir)
+            fresh = resume.snapshot(self)  # the recipe's optimizer settings, then the checkpoint
             self.console.say(f"resumed from {state.restore(self)} at step {self.step}")
+            resume.apply(self, changed, fresh)  # the recipe's changes win over the checkpoint
         else:  # rank 0 makes the folder, with the recipe in it, and tells the others
             made = new_run_dir(out_root, recipe.name, tag) if self.dist.is_main else None
             if made is not None:
@@ -157,7 +168,7 @@ class Trainer:
                 if self._after_step():
                     break
         except KeyboardInterrupt:
-            self._interrupted()
+            state.interrupted(self)
         finally:
             self.console.close_bar()
         return self.finish()
@@ -166,6 +177,12 @@ class Trainer:
         if self.step == 0:  # a fresh run: the recipe as text, and the untrained model's renders
             recipe_text = (self.run_dir / "recipe.yaml").read_text()
             self.tracker.text("recipe", "```yaml\n" + recipe_text + "\n```")
+            tc = self.recipe.train
+            final = None if tc.final_eval_full else tc.eval_batches
+            self.tracker.text("eval_scope", f"`eval/*`: {self._scope('val', tc.eval_batches)} at "
+                              f"each evaluation; `hparams/val/*` and `hparams/test/*` (as in "
+                              f"metrics.json): {self._scope('val', final)}, "
+                              f"{self._scope('test', final)} at the end")
             self.render()
         self.model.train()
         self.console.open_bar(self.recipe.train.steps, self.step)
@@ -182,7 +199,12 @@ class Trainer:
         batch = (self._batch("train", idx) if self.model.uses_train_batches
                  else {"index": idx.to(self.device)})
         self.ctx.step = self.step
-        out = self.model.training_step(batch, self.ctx)
+        try:
+            out = self.model.training_step(batch, self.ctx)
+        except (RuntimeError, ValueError):
+            # e.g. torch.bernoulli on a diverged RBM's NaN probabilities: stop as for a NaN loss
+            self._check_finite_state()
+            raise
         for s in self.schedulers.values():
             s.step()
         vals = torch.stack([v.detach().float() for v in out.values()])
@@ -199,8 +221,10 @@ class Trainer:
         if self._due(lc.every):
             self._log_train()
         started = time.perf_counter()
+        if self._due(lc.eval_every) or self._due(lc.render_every):
+            self._check_finite()  # a model past a non-finite loss is never scored nor drawn
         if self._due(lc.eval_every):
-            self._log_eval(self.evaluate("val", self.recipe.train.eval_batches))
+            self._log_eval(self.evaluate("val", self.recipe.train.eval_batches) | self._probe())
             if self._stops_early():
                 return True
         if self._due(lc.render_every):
@@ -223,34 +247,20 @@ class Trainer:
         self.save_checkpoint()
         return True
 
-    def _interrupted(self) -> None:
-        """Ctrl-C: keep what can be kept and say how to continue (always raises GenlabError)."""
-        self.console.close_bar()
-        self.tracker.close()
-        good = ckpt.list_step_checkpoints(self.ckpt_dir)
-        kept = f"the newest checkpoint is {good[0]}" if good else "no checkpoint was written"
-        if self.dist.enabled:  # the other ranks may be anywhere: no collective, no new save
-            raise GenlabError(f"interrupted near step {self.step}; {kept}; continue with the "
-                              f"same launch and `--resume {self.run_dir}`") from None
-        if self._mid_step:  # a step half applied is never saved
-            raise GenlabError(f"interrupted during step {self.step + 1}; {kept}; continue with "
-                              f"`genlab train --resume {self.run_dir}`") from None
-        self._check_finite()
-        path = self.save_checkpoint()
-        raise GenlabError(f"interrupted at step {self.step}; saved {path}; continue with "
-                          f"`genlab train --resume {self.run_dir}`") from None
-
     def _check_finite(self) -> None:
         """Stop (every rank alike) at the first non-finite loss, before anything after it is
         saved."""
         bad = self.dist.earliest_step(self._first_bad)
         if bad >= 0:
-            good = ckpt.list_step_checkpoints(self.ckpt_dir)
-            where = (f"the last good checkpoint is {good[0]} (resume with "
-                     f"`genlab train --resume {self.run_dir}` after lowering train.lr or setting "
-                     f"train.grad_clip)") if good else "no checkpoint had been written yet"
-            raise NonFiniteLossError(f"non-finite loss (NaN or Inf) at step {bad + 1}; training "
-                                     f"stopped and nothing after it was saved; {where}")
+            raise state.nonfinite_error(self, bad)
+
+    def _check_finite_state(self) -> None:
+        """After a step failed: if the model holds NaN or Inf, stop as for a non-finite loss
+        (under DDP every rank holds the same weights, so every rank's step fails alike)."""
+        if not state.finite(self.model):
+            if int(self._first_bad) < 0:
+                self._first_bad.fill_(self.step)
+            self._check_finite()
 
     def _log_train(self) -> None:
         self._check_finite()
@@ -268,12 +278,16 @@ class Trainer:
             self._record(f"train/{k}", v)
         self.console.train_line(self.step, self.recipe.train.steps, means, sps)
 
+    def _probe(self) -> dict[str, float]:
+        """The online linear probe's scores (empty when the run has none; see online_probe)."""
+        return self.probe.at(self.step, self.model) if self.probe is not None else {}
+
     def _log_eval(self, metrics: dict[str, float]) -> None:
         self.tracker.scalars(metrics, self.step, "eval/")
         for k, v in metrics.items():
             self._record(f"eval/{k}", v)
         state.note_eval(self, metrics)  # best.pt and early stopping's count
-        self.console.eval_line(self.step, metrics)
+        self.console.eval_line(self.step, metrics, self._scope("val", self.recipe.train.eval_batches))
         self.tracker.flush()
 
     # -- the end of a run ------------------------------------------------------------------------
@@ -282,7 +296,7 @@ class Trainer:
         if self._rendered_step != self.step:  # e.g. early stopping: show the model as it ended
             self.render(final=True)
         tc = self.recipe.train
-        final_val = self.evaluate("val", None if tc.final_eval_full else tc.eval_batches)
+        final_val = self.evaluate("val", None if tc.final_eval_full else tc.eval_batches) | self._probe()
         final_test = self.evaluate("test", None if tc.final_eval_full else tc.eval_batches)
         best = {"monitor": self.model.monitor[0], "value": self.best}
         if tc.final_eval_best:
@@ -306,4 +320,13 @@ class Trainer:
             result["export"] = str(export)
         write_outputs(self.run_dir, result, self.history, self.recipe.hparams(), self.tracker)
         renders.evolution_figures(self.figures, self.recipe.name, self.step)
-        self.console.summary(result["test"], result["best"], self.run_dir)
+        final = None if self.recipe.train.final_eval_full else self.recipe.train.eval_batches
+        self.console.summary(result["test"], result["best"], self.run_dir, val=result["val"],
+                             scopes={s: self._scope(s, final) for s in ("val", "test")})
+
+    def _scope(self, split: str, max_batches: int | None) -> str:
+        """On what an evaluation scores, in words: the printed lines say it, so that a subset's
+        numbers are not taken for the whole split's (metrics.json's)."""
+        tc = self.recipe.train
+        return evaluation.scope(self.data, split, batch_size=tc.eval_batch_size or tc.batch_size,
+                                max_batches=max_batches)

@@ -18,6 +18,7 @@ from genlab.data.base import DataInfo
 from genlab.data.corrupt import Corruption
 from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
 from genlab.metrics.classification import psnr
+from genlab.metrics.lesion import lesion_contrast, lesion_scores, masked_sq_error, psnr_from_mse
 from genlab.nn.blocks import ConvDecoder, ConvEncoder, DenseDecoder, DenseEncoder, first_layer
 from genlab.nn.optim import build_optimizer
 from genlab.viz.render import feature_maps, tile_kernels, tile_weights, triplets
@@ -30,7 +31,13 @@ class AEConfig:
                                 help="conv widths, one stride-2 layer each (arch: conv)")
     hidden: list[int] = param(default_factory=lambda: [256],
                               help="hidden widths of the MLP encoder, mirrored in the decoder (arch: dense)")
-    bottleneck: int = param(64, ge=1, help="size of the code: the exported feature vector")
+    bottleneck: int = param(64, ge=1, help="size of the code: the exported feature vector "
+                            "(code: spatial: the channels of the code map)")
+    code: Literal["dense", "spatial"] = param(
+        "dense", help="dense: a vector code (a linear layer; it learns what every image shares "
+        "and drops small local detail such as lesions); spatial: the last feature map is the "
+        "code, so local detail survives; exported features are its channel means and maxima "
+        "(arch: conv)")
     first_kernel: int = param(4, ge=2, help="first conv layer's kernel size (even); 8 learns "
                               "filters a person can read in the render (arch: conv)")
     first_init_scale: float = param(1.0, gt=0, help="multiplies the first layer's initial weights; "
@@ -77,8 +84,11 @@ class Autoencoder(Family):
             self._enc_args = {"in_shape": shape, "channels": list(cfg.channels),
                               "bottleneck": cfg.bottleneck, "norm": cfg.norm,
                               "activation": cfg.activation, "first_kernel": cfg.first_kernel}
+            if cfg.code == "spatial":
+                self._enc_args["code"] = "spatial"
             self.encoder = ConvEncoder(**self._enc_args)
-            self.decoder = ConvDecoder(shape, list(cfg.channels), cfg.bottleneck, cfg.norm, cfg.activation)
+            self.decoder = ConvDecoder(shape, list(cfg.channels), cfg.bottleneck, cfg.norm,
+                                       cfg.activation, code=cfg.code)
             self._builder = "conv_encoder"
         else:
             self._enc_args = {"in_shape": shape, "hidden": list(cfg.hidden),
@@ -94,7 +104,9 @@ class Autoencoder(Family):
         return {"main": build_optimizer(self.parameters(), train)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))  # (B, C, H, W) in [0, 1]
+        spatial = self.cfg.arch == "conv" and self.cfg.code == "spatial"
+        code = self.encoder.features(x) if spatial else self.encoder(x)
+        return self.decoder(code)  # (B, C, H, W) in [0, 1]
 
     def _loss(self, recon: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         if self.cfg.loss == "bce":
@@ -120,6 +132,22 @@ class Autoencoder(Family):
         if self.cfg.corruption.kind != "none":
             out["psnr_input"] = psnr(noisy, clean)
             out["psnr_gain"] = out["psnr"] - out["psnr_input"]
+        if "mask" in batch:  # data with lesion masks: per-image numbers for the lesion scores
+            mask = batch["mask"]
+            out["lesion_contrast_clean"] = lesion_contrast(clean, mask)
+            out["lesion_contrast_recon"] = lesion_contrast(recon, mask)
+            out["lesion_sq_err"], out["lesion_px"] = masked_sq_error(recon, clean, mask)
+            if self.cfg.corruption.kind != "none":
+                out["lesion_sq_err_input"] = masked_sq_error(noisy, clean, mask)[0]
+        return out
+
+    def summarize(self, collected):
+        """Lesion retention and PSNR inside the lesion masks (and of the corrupted input there):
+        a reconstruction can gain PSNR overall while erasing every lesion."""
+        out = lesion_scores(collected)
+        px = float(collected["lesion_px"].sum()) if "lesion_px" in collected else 0.0
+        if "lesion_sq_err_input" in collected and px > 0:
+            out["lesion_psnr_input"] = psnr_from_mse(float(collected["lesion_sq_err_input"].sum()) / px)
         return out
 
     @torch.no_grad()
@@ -134,8 +162,10 @@ class Autoencoder(Family):
             out["feature_maps"] = feature_maps(self.encoder.features[:2](noisy[:1])[0])
         else:
             out["filters"] = tile_weights(layer.weight, self.info.input_shape)
-        out["reconstructions"] = (triplets(clean, noisy, recon) if self.cfg.corruption.kind != "none"
-                                  else triplets(clean, None, recon))
+        out["reconstructions"] = (
+            triplets(clean, noisy, recon, labels=("clean", "noisy", "reconstructed"))
+            if self.cfg.corruption.kind != "none"
+            else triplets(clean, None, recon, labels=("input", "reconstructed")))
         return out
 
     @torch.no_grad()

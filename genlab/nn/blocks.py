@@ -30,20 +30,34 @@ def _conv_sizes(h: int, w: int, n: int) -> list[tuple[int, int]]:
     return sizes
 
 
+class MeanMaxPool(nn.Module):
+    """(B, C, h, w) -> (B, 2C): the mean and the maximum of each channel over the map. The mean
+    says how much of a pattern an image holds, the maximum how strongly it appears anywhere
+    (a small lesion moves the maximum but hardly the mean)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
+
+
 class ConvEncoder(nn.Module):
     """Stride-2 convolutions (each halves H and W), then a linear code.
 
     (B, C, H, W) -> features (B, channels[-1], H / 2^n, W / 2^n) -> code (B, bottleneck).
+    code="spatial": no linear code; a 1x1 conv makes the map `bottleneck` channels deep and that
+    map is the code a decoder sees (local detail such as a small lesion survives it), while the
+    exported features are its channel means and maxima (B, 2 * bottleneck).
     Kernels are 4x4 (padding 1) except the first, `first_kernel` (even; padding k/2 - 1): a
     larger first kernel sees more of the image and learns filters a person can read in a render.
     """
 
     def __init__(self, in_shape: list[int], channels: list[int], bottleneck: int,
                  norm: str = "none", activation: str = "leaky_relu", spectral_norm: bool = False,
-                 first_kernel: int = 4):
+                 first_kernel: int = 4, code: str = "dense"):
         super().__init__()
         c, h, w = in_shape
-        self.in_shape, self.out_features = list(in_shape), bottleneck
+        if code not in ("dense", "spatial"):
+            raise ValueError(f"code must be 'dense' or 'spatial', got {code!r}")
+        self.in_shape, self.out_features, self.code = list(in_shape), bottleneck, code
         self.sizes = _conv_sizes(h, w, len(channels))
         if first_kernel < 2 or first_kernel % 2:
             raise ValueError(f"first_kernel must be even and >= 2, got {first_kernel}")
@@ -57,8 +71,14 @@ class ConvEncoder(nn.Module):
             layers.append(_act(activation))
         self.features = nn.Sequential(*layers)
         fh, fw = self.sizes[-1]
-        self.feature_shape = (channels[-1], fh, fw)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * fh * fw, bottleneck))
+        if code == "spatial":  # the code is the feature map itself, `bottleneck` channels deep
+            self.features.append(nn.Conv2d(channels[-1], bottleneck, 1))
+            self.feature_shape = (bottleneck, fh, fw)
+            self.head = MeanMaxPool()
+            self.out_features = 2 * bottleneck
+        else:
+            self.feature_shape = (channels[-1], fh, fw)
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * fh * fw, bottleneck))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -71,12 +91,15 @@ class ConvDecoder(nn.Module):
     """
 
     def __init__(self, out_shape: list[int], channels: list[int], bottleneck: int,
-                 norm: str = "none", activation: str = "leaky_relu", output: str = "sigmoid"):
+                 norm: str = "none", activation: str = "leaky_relu", output: str = "sigmoid",
+                 code: str = "dense"):
         super().__init__()
         c, h, w = out_shape
         sizes = _conv_sizes(h, w, len(channels))  # encoder sizes, input first
         fh, fw = sizes[-1]
-        self.fc = nn.Linear(bottleneck, channels[-1] * fh * fw)
+        # a spatial code (B, bottleneck, fh, fw) is mapped back to channels[-1] by a 1x1 conv
+        self.fc = (nn.Conv2d(bottleneck, channels[-1], 1) if code == "spatial"
+                   else nn.Linear(bottleneck, channels[-1] * fh * fw))
         self.start_shape = (channels[-1], fh, fw)
         rev = list(reversed(channels))
         layers: list[nn.Module] = [_act(activation)]
@@ -96,7 +119,7 @@ class ConvDecoder(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.body(self.fc(z).view(z.shape[0], *self.start_shape))
+        return self.body(self.fc(z).view(z.shape[0], *self.start_shape))  # dense or spatial code
 
 
 class DenseEncoder(nn.Module):
