@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _factory(j, dev):
     r = max(j["rows"], key=lambda r: r["median"])
-    return f"{r['median']:,.0f} images/s (batch {r['batch']}, {r['threads']} threads; {r['ratio']:.2f}x torch.rand)"
+    return (f"{r['median']:,.0f} images/s (batch {r['batch']}, {r['threads']} threads; "
+            f"{r['ratio']:.2f}x torch.rand)")
 
 
 def _trainer(j, dev):

@@ -100,7 +100,8 @@ def main(argv=None):
             continue
         rates = [args.steps / x for x in xs]
         upd = f"{statistics.median(rates):>17,.1f}" if name == "train" else f"{'-':>17}"
-        print(f"{name:<9} {statistics.median(rates) * per_step:>19,.0f} {max(rates) * per_step:>17,.0f} {upd}")
+        med, best = statistics.median(rates) * per_step, max(rates) * per_step
+        print(f"{name:<9} {med:>19,.0f} {best:>17,.0f} {upd}")
     print("load avg after:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     if args.json:
         out = {name: {"median_env_steps_per_s": statistics.median(args.steps / x for x in xs) * per_step,

@@ -39,8 +39,8 @@ Protocol (the same for every initialisation):
   labels are a hash of the index);
 - a fixed number of optimizer steps per N (--steps: more epochs for small N), batch 32, the
   recipe's AdamW, lr and balanced class weights with a cosine schedule, no early stopping and no
-  checkpoint selection: the validation labels would be more labels than the smallest training sets have, so the weights at the last step are scored,
-  on the whole test split;
+  checkpoint selection (the validation labels would be more labels than the smallest training
+  sets have), so the weights at the last step are scored, on the whole test split;
 - pretrained encoders are fine-tuned (`model.mode=finetune`, encoder lr = head lr x
   --encoder-lr-mult); `--probe-mode linear_probe` freezes them instead;
 - seeds 0, 1, 2 ... change the recipe seed, i.e. the weight init, the batch order *and* the

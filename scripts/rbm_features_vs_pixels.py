@@ -130,7 +130,8 @@ ROWS = {
     "RBM-100, Gaussian on standardised pixels + sparsity 0.1, std":
         ({"gauss": True, "visible": "gaussian", "lr": 0.002, "sparsity": 0.1, "cost": 0.1}, True),
     "RBM-100, Gaussian + sparsity 0.1 + shifted copies, std":
-        ({"gauss": True, "visible": "gaussian", "lr": 0.002, "sparsity": 0.1, "cost": 0.1, "shift": True}, True),
+        ({"gauss": True, "visible": "gaussian", "lr": 0.002, "sparsity": 0.1, "cost": 0.1,
+          "shift": True}, True),
     "RBM-512, recipe, std (more units: context)": ({"hidden": 512}, True),
     "RBM-100 recipe + raw pixels, std (context)": ({"concat": True}, True),
     # cheap variants of the recipe (plain protocol: can a better setting beat the pixels?)
@@ -203,7 +204,8 @@ def cross_validate(repeats: int, only: list[str] | None, protocol: str = "plain"
         v = np.array(v)
         diff = v - raw
         table[name] = {"mean": v.mean(), "se": v.std(ddof=1) / np.sqrt(len(v)),
-                       "diff": diff.mean(), "diff_se": diff.std(ddof=1) / np.sqrt(len(v)) if name != "raw pixels" else 0.0,
+                       "diff": diff.mean(),
+                       "diff_se": diff.std(ddof=1) / np.sqrt(len(v)) if name != "raw pixels" else 0.0,
                        "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()), "folds": len(v)}
     return table
 
@@ -223,7 +225,8 @@ def score_run(run_dir: str) -> dict:
         with torch.no_grad():
             split[s] = (b["x"].flatten(1).numpy(), enc(b["x"]).numpy(), b["y"].numpy())
     out = {}
-    for name, col, std in (("raw pixels", 0, False), ("RBM features", 1, False), ("RBM features, std", 1, True)):
+    for name, col, std in (("raw pixels", 0, False), ("RBM features", 1, False),
+                           ("RBM features, std", 1, True)):
         ftr, fva, fte = split["train"][col], split["val"][col], split["test"][col]
         ytr, yva, yte = split["train"][2], split["val"][2], split["test"][2]
         if std:
