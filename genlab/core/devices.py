@@ -1,21 +1,32 @@
-"""Which device a run uses: the one list of names and the one way to pick."""
+"""Which device a run uses: the one list of names and the one way to pick.
+
+torch is imported only when a device is picked: the recipe schema reads DEVICE_NAMES, and the
+command line must be able to set OpenMP's environment before torch starts.
+"""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from genlab.core.errors import GenlabError
+
+if TYPE_CHECKING:
+    import torch
 
 #: every place that takes a device name (recipes, --device flags) offers these
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 
 
 def _mps_available() -> bool:
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return bool(mps and mps.is_available())
 
 
 def select_device(name: str) -> torch.device:
     """'auto' picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from genlab.core import schema
+from genlab.core.devices import DEVICE_NAMES
 from genlab.core.errors import RecipeError
 from genlab.core.registry import get_dataset, get_family
 from genlab.core.schema import param
@@ -46,7 +47,7 @@ class TrainConfig:
     grad_clip: float | None = param(1.0, gt=0, help="clip the global gradient norm to this (null: off)")
     precision: Literal["fp32", "bf16", "fp16"] = param(
         "fp32", help="fp32; bf16 autocast; fp16 autocast with a grad scaler")
-    device: Literal["auto", "cpu", "cuda", "mps"] = param("auto", help="auto: cuda, then mps, then cpu")
+    device: Literal[DEVICE_NAMES] = param("auto", help="auto: cuda, then mps, then cpu")
     compile: bool = param(False, help="torch.compile each submodule in place (falls back to eager "
                           "with a warning where it cannot compile)")
     channels_last: bool = param(False, help="CUDA: keep conv weights/activations in channels-last "
