@@ -46,8 +46,10 @@ def fill(cmd: str, cwd: Path) -> str | None:
     optional `[...]` parts dropped and the first of `a|b` choices taken; None when a
     placeholder has nothing to stand for yet."""
     def run_dir(m: re.Match) -> str:
-        found = sorted((cwd / "runs" / m.group(1)).glob(f"*{m.group(2) or ''}"))
-        found = [p for p in found if (p / "metrics.json").is_file() and (m.group(2) or "-" not in p.name)]
+        stamp = r"\d{8}-\d{6}(-\d+)?"  # runs/<recipe>/<YYYYmmdd-HHMMSS>[-n][-tag]
+        name = re.compile(stamp + (re.escape(m.group(2)) if m.group(2) else "") + "$")
+        found = sorted(p for p in (cwd / "runs" / m.group(1)).glob("*")
+                       if name.fullmatch(p.name) and (p / "metrics.json").is_file())
         if not found:
             raise LookupError(m.group(0))
         return str(found[-1].relative_to(cwd))

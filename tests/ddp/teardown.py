@@ -3,6 +3,7 @@ is really gone after Dist.close(), even though torch.use_deterministic_algorithm
 calls on CPU) imports torch modules that could keep a reference to it. Prints the names of the
 process's native threads before and after."""
 import os
+import time
 
 import torch
 
@@ -19,4 +20,9 @@ torch.use_deterministic_algorithms(True, warn_only=True)  # as the trainer does 
 d.sum_(torch.ones(3))
 print(f"rank {d.rank} before {threads()}", flush=True)
 d.close()
+# gloo's threads end asynchronously after the group is destroyed: on a loaded machine give them
+# a few seconds (the bug this guards against kept them alive until the interpreter exited)
+deadline = time.monotonic() + 10
+while any("gloo" in t for t in threads()) and time.monotonic() < deadline:
+    time.sleep(0.05)
 print(f"rank {d.rank} after {threads()}", flush=True)
