@@ -26,6 +26,10 @@ FAST = ["--set", "train.steps=5", "--set", "train.batch_size=8",
 def test_every_shipped_recipe_runs_a_few_steps(recipe, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     data = yaml.safe_load(recipe.read_text())
+    root = data["data"].get("root")
+    if root is not None and not (ROOT / root).exists():
+        pytest.skip(f"{recipe.name}: data.root is a placeholder for a downloaded data set; "
+                    "tests/test_layouts.py trains it on a fake copy of the release")
     extra = []
     fields = {f.name for f in dataclasses.fields(registry.get_dataset(data["data"]["name"]).Config)}
     for key in ("val_size", "test_size"):  # keep synthetic splits small for a smoke run

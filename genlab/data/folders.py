@@ -1,30 +1,37 @@
-"""Image folders with one sub-folder per class: ISIC, PH2, chest X-ray, Kvasir, `genlab data brain`.
+"""Image data sets on disk, in their own layouts: class folders, ISIC, PH2, TinyImageNet, ...
 
-Two layouts are read:
+`data.layout` (default `auto`, recognised from the files) picks how the folder is read; see
+genlab/data/layouts.py for the layouts and how each is recognised:
 
-    <root>/<class>/**/*.png                       class layout: val/test carved out by seed
-    <root>/{train,val,test}/<class>/**/*.png      split layout: the splits are used as given
-                                                  ('valid' / 'validation' also name val)
+    class_folders  <root>/<class>/*.png, or <root>/{train,val,test}/<class>/*.png
+                   (Kvasir, chest X-ray, `genlab data brain`; `kvasir` / `chest_xray` insist on
+                   their shape)
+    isic2018       ISIC_<id>.jpg + the challenge's ground-truth CSV (2018 task 3, 2017 part 3)
+    ph2            PH2's IMDxxx folders + PH2_dataset.txt; lesion masks as batch["mask"]
+    tinyimagenet   train/<wnid>/images, val/images + val_annotations.txt (test/ has no labels)
 
-Class names are the sorted sub-folder names (of `train/` in the split layout). Hidden files and
-folders, `__MACOSX`, and files lying directly in `<root>` (a preview.png, a README) are ignored.
-In the split layout a missing val/ or test/ folder is carved out of train/ by `val_fraction` /
-`test_fraction`, stratified by class and seeded, like the class layout.
+Splits a data set does not give are carved out of its training images by `val_fraction` /
+`test_fraction`, stratified by class and seeded. A data set that would load wrong (one class, a
+class with no images, labels that do not match the files, masks among the images) is a DataError
+naming the file or folder, raised here, before a run folder exists. `binary: <class>` merges the
+other classes into `not_<class>` (e.g. melanoma against the rest); `unlabelled: true` accepts a
+single class folder for models that ignore labels (autoencoders, GANs).
 
 Every image is converted to grayscale (`channels: 1`) or RGB (`channels: 3`) and resized to
-`size` = [H, W] (bilinear, antialiased, aspect ratio not kept). With `cache: true` all images are
-decoded once into a uint8 tensor in memory when that takes under 2 GiB; otherwise each `get`
-decodes its files. `get` returns CPU tensors; the trainer moves them.
+`size` = [H, W] (bilinear, antialiased, aspect ratio not kept); masks are resized the same way
+and thresholded at half. With `cache: true` all images are decoded once into a uint8 tensor in
+memory when that takes under 2 GiB; otherwise each `get` decodes its files. `get` returns CPU
+tensors; the trainer moves them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,37 +42,43 @@ from genlab.core.registry import register_dataset
 from genlab.core.schema import param
 from genlab.data.base import SPLITS, DataInfo, check_split
 from genlab.data.digits import check_fractions
+from genlab.data.layouts import scan
+from genlab.data.layouts_base import IMAGE_EXTENSIONS, Scan
 from genlab.data.sampler import stratified_split
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-SPLIT_ALIASES = {
-    "train": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-}
 CACHE_LIMIT_BYTES = 2 * 1024**3
-_IGNORED_DIRS = {"__MACOSX"}
-_LAYOUT_HINT = (
-    "expected <root>/<class>/*.png, or <root>/train/<class>/*.png with val/ and test/ beside it"
-)
+Layout = Literal["auto", "class_folders", "isic2018", "ph2", "tinyimagenet", "kvasir", "chest_xray"]
 
 
 @dataclass
 class FolderConfig:
     root: Path = param(
-        must_exist=True, help="folder of class sub-folders, or of train/val/test folders of them"
+        must_exist=True, help="the data set's folder as downloaded (class folders, train/val/test "
+        "folders of them, ISIC, PH2, TinyImageNet)"
+    )
+    layout: Layout = param(
+        "auto", help="how root is read: auto (recognised from its files), class_folders, isic2018, "
+        "ph2, tinyimagenet, kvasir, chest_xray"
+    )
+    labels: Path | None = param(
+        None, must_exist=True, help="isic2018 / ph2: the label table (ground-truth CSV, "
+        "PH2_dataset.txt) when it is not in root (null: found in root)"
+    )
+    binary: str | None = param(
+        None, help="one class against the rest: this class and not_<class> (null: all classes)"
+    )
+    unlabelled: bool = param(
+        False, help="accept a single class folder (autoencoders, GANs); else one class is an error"
     )
     size: list[int] = param([128, 96], ge=1, help="[height, width] each image is resized to")
     channels: int = param(1, ge=1, le=3, help="1 = convert to grayscale, 3 = convert to RGB")
     val_fraction: float = param(
-        0.15, ge=0, lt=1, help="share of each class held out for validation (no val/ folder)"
+        0.15, ge=0, lt=1, help="share of each class held out for validation (no val split given)"
     )
     test_fraction: float = param(
-        0.15, ge=0, lt=1, help="share of each class held out for testing (no test/ folder)"
+        0.15, ge=0, lt=1, help="share of each class held out for testing (no test split given)"
     )
     extensions: list[str] = param(
         list(IMAGE_EXTENSIONS), help="file suffixes read as images (any case)"
@@ -74,6 +87,8 @@ class FolderConfig:
 
     def __post_init__(self):
         self.root = Path(self.root).expanduser()
+        if self.labels is not None:
+            self.labels = Path(self.labels).expanduser()
         if len(self.size) != 2 or any(int(s) < 1 for s in self.size):
             raise ValueError(
                 f"size: expected [height, width] of positive integers, got {self.size!r}"
@@ -84,60 +99,6 @@ class FolderConfig:
         if not self.extensions:
             raise ValueError("extensions: name at least one file suffix, e.g. [.png]")
         check_fractions(self.val_fraction, self.test_fraction)
-
-
-# ----------------------------------------------------------------------------- scanning
-
-
-def _subdirs(path: Path) -> list[Path]:
-    return sorted(
-        d
-        for d in path.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and d.name not in _IGNORED_DIRS
-    )
-
-
-def _images_under(folder: Path, exts: frozenset[str]) -> list[Path]:
-    """All image files below `folder` (recursively, hidden entries skipped), in sorted order."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS
-        )
-        for f in sorted(filenames):
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts:
-                found.append(Path(dirpath) / f)
-    return found
-
-
-def _scan_classes(folder: Path, exts: frozenset[str]) -> dict[str, list[Path]]:
-    """{class name: files} for the class folders of `folder`; errors for empty ones."""
-    classes = {}
-    for d in _subdirs(folder):
-        nested = [s.name for s in _subdirs(d) if s.name.lower() in SPLIT_ALIASES]
-        if nested:
-            raise DataError(
-                f"{d} holds split folders ({', '.join(nested)}): it looks like the data set "
-                f"root is "
-                f"one level down; set data.root to {d}"
-            )
-        files = _images_under(d, exts)
-        if not files:
-            raise DataError(
-                f"class folder {d} holds no images with suffix {', '.join(sorted(exts))}"
-            )
-        classes[d.name] = files
-    return classes
-
-
-def _no_classes_error(root: Path, exts: frozenset[str]) -> DataError:
-    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in exts]
-    if loose:
-        return DataError(
-            f"{root} has {len(loose)} image(s) but no class folders; {_LAYOUT_HINT} "
-            f"(one folder is enough for unlabelled images)"
-        )
-    return DataError(f"{root} has no class folders; {_LAYOUT_HINT}")
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -174,12 +135,51 @@ def load_image(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
+def load_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Decode a lesion mask to a (1, H, W) bool array (resized like the images, then > half)."""
+    h, w = size
+    try:
+        with Image.open(path) as im:
+            im = _to_mode(im, 1)
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.Resampling.BILINEAR)
+            a = np.array(im, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"cannot read mask {path}: {type(e).__name__}: {e}") from None
+    return (a >= 128)[None]
+
+
+def _binary(found: Scan, positive: str) -> Scan:
+    """`found` with every class but `positive` merged into not_<positive> (class 0)."""
+    if positive not in found.class_names:
+        raise DataError(f"data.binary: no class {positive!r} in the data set "
+                        f"(classes: {', '.join(found.class_names)})")
+    k = found.class_names.index(positive)
+    ys = {s: [int(y == k) for y in v] for s, v in found.labels.items()}
+    return Scan(found.layout, [f"not_{positive}", positive], found.files, ys, found.masks,
+                found.notes + [f"binary: {positive} against the rest"])
+
+
+def _check_classes(found: Scan, root: Path, unlabelled: bool) -> None:
+    names = found.class_names
+    counts = [found.labels["train"].count(k) for k in range(len(names))]
+    empty = [c for c, n in zip(names, counts) if n == 0]
+    if empty:
+        raise DataError(f"{root}: class(es) {', '.join(empty)} have no training images")
+    if len(names) < 2 and not unlabelled:
+        raise DataError(
+            f"{root} holds one class only ({names[0]}, {found.layout} layout): a classifier "
+            f"would learn nothing; for unlabelled images (autoencoder, GAN) set data.unlabelled: true"
+        )
+
+
 # ----------------------------------------------------------------------------- the source
 
 
 @register_dataset("folder")
 class FolderData:
-    """Images from class folders: x (B, C, H, W) float32 in [0, 1] on the CPU, y (B,) int64."""
+    """Images of a data set on disk: x (B, C, H, W) float32 in [0, 1] on the CPU, y (B,) int64,
+    and mask (B, 1, H, W) bool when the data set has lesion masks (PH2)."""
 
     Config = FolderConfig
 
@@ -193,121 +193,81 @@ class FolderData:
         )
         self._shape = (cfg.channels, cfg.size[0], cfg.size[1])
 
-        files, labels, self.layout = self._scan(root, exts, seed)
-        self.files: dict[str, list[Path]] = files
-        self.labels: dict[str, torch.Tensor] = labels
+        found = scan(root, cfg.layout, exts, cfg.labels)
+        if cfg.binary is not None:
+            found = _binary(found, cfg.binary)
+        _check_classes(found, root, cfg.unlabelled)
+        self.layout, self.class_names = found.layout, found.class_names
+        self.notes = list(found.notes)
+        self.files, self.labels, self.masks = self._splits(found, seed)
+        for s, share in (("val", cfg.val_fraction), ("test", cfg.test_fraction)):
+            if s not in found.files:
+                self.notes.append(f"{s}: {share:.0%} of each class carved from train (seeded)")
         self.info = DataInfo(
             name="folder",
             input_shape=self._shape,
             num_classes=len(self.class_names),
             class_names=tuple(self.class_names),
+            has_mask=self.masks is not None,
         )
 
-        total = sum(len(f) for f in files.values())
-        nbytes = total * int(np.prod(self._shape))
+        total = sum(len(f) for f in self.files.values())
+        per = int(np.prod(self._shape)) + (cfg.size[0] * cfg.size[1] if self.masks else 0)
+        nbytes = total * per
         self._cache: dict[str, torch.Tensor] | None = None
+        self._mask_cache: dict[str, torch.Tensor] | None = None
         if cfg.cache and nbytes <= CACHE_LIMIT_BYTES:
             log.info(
                 "decoding %d images from %s into memory (%.1f MiB)", total, root, nbytes / 2**20
             )
-            self._cache = {s: self._decode(files[s]) for s in SPLITS}
+            self._cache = {s: self._decode(self.files[s]) for s in SPLITS}
+            if self.masks is not None:
+                self._mask_cache = {s: self._decode(self.masks[s], mask=True) for s in SPLITS}
         elif cfg.cache:
             log.info(
                 "%d images need %.1f GiB > 2 GiB: decoding on each batch", total, nbytes / 2**30
             )
+        log.info("%s", self.describe())
 
-    # -- layout --------------------------------------------------------------------------------
+    # -- splits --------------------------------------------------------------------------------
 
-    def _scan(self, root: Path, exts: frozenset[str], seed: int):
-        top = _subdirs(root)
-        split_dirs: dict[str, Path] = {}
-        for d in top:
-            alias = SPLIT_ALIASES.get(d.name.lower())
-            if alias is None:
-                continue
-            if alias in split_dirs:
-                raise DataError(
-                    f"{root} has two folders for the {alias} split: "
-                    f"{split_dirs[alias].name}, {d.name}"
-                )
-            split_dirs[alias] = d
-
-        if "train" in split_dirs:
-            layout = "splits"
-            others = [d.name for d in top if d.name.lower() not in SPLIT_ALIASES]
-            if others:
-                warnings.warn(
-                    f"{root}: using the train/val/test folders; ignoring {', '.join(others)}"
-                )
-            train = _scan_classes(split_dirs["train"], exts)
-            if not train:
-                raise DataError(f"{split_dirs['train']} has no class folders; {_LAYOUT_HINT}")
-            self.class_names = sorted(train)
-            given = {"train": train}
-            for s in ("val", "test"):
-                if s not in split_dirs:
-                    continue
-                cls = _scan_classes(split_dirs[s], exts)
-                extra = sorted(set(cls) - set(train))
-                if extra:
-                    raise DataError(
-                        f"{split_dirs[s]} has class folder(s) {extra} that train/ lacks"
-                    )
-                missing = sorted(set(train) - set(cls))
-                if missing:
-                    raise DataError(
-                        f"{split_dirs[s]} lacks class folder(s) {missing} "
-                        f"present in {split_dirs['train']}"
-                    )
-                given[s] = cls
-        else:
-            layout = "classes"
-            classes = _scan_classes(root, exts) if top else {}
-            if not classes:
-                raise _no_classes_error(root, exts)
-            self.class_names = sorted(classes)
-            given = {"train": classes}
-
-        index = {c: i for i, c in enumerate(self.class_names)}
-
-        def flat(cls: dict[str, list[Path]]) -> tuple[list[Path], torch.Tensor]:
-            paths = [p for c in self.class_names for p in cls[c]]
-            ys = torch.tensor(
-                [index[c] for c in self.class_names for _ in cls[c]], dtype=torch.long
-            )
-            return paths, ys
-
-        files, labels = {}, {}
-        pool_paths, pool_y = flat(given["train"])
-        carve_val = 0.0 if "val" in given else self.cfg.val_fraction
-        carve_test = 0.0 if "test" in given else self.cfg.test_fraction
+    def _splits(self, found: Scan, seed: int):
+        """Per split: files, labels (int64) and masks; splits the data set lacks carved from train."""
+        pool_y = torch.tensor(found.labels["train"], dtype=torch.long)
+        carve_val = 0.0 if "val" in found.files else self.cfg.val_fraction
+        carve_test = 0.0 if "test" in found.files else self.cfg.test_fraction
         parts = stratified_split(pool_y, carve_val, carve_test, seed, tag="folder-split")
+        files, labels, masks = {}, {}, {} if found.masks is not None else None
         for s in SPLITS:
-            if s in given and s != "train":
-                files[s], labels[s] = flat(given[s])
-            else:
-                files[s] = [pool_paths[i] for i in parts[s].tolist()]
-                labels[s] = pool_y[parts[s]]
-        return files, labels, layout
+            src = s if s in found.files and s != "train" else "train"
+            idx = parts[s].tolist() if src == "train" else list(range(len(found.files[s])))
+            files[s] = [found.files[src][i] for i in idx]
+            labels[s] = torch.tensor([found.labels[src][i] for i in idx], dtype=torch.long)
+            if masks is not None:
+                masks[s] = [found.masks[src][i] for i in idx]
+        return files, labels, masks
 
     # -- decoding ------------------------------------------------------------------------------
 
-    def _decode(self, paths: list[Path]) -> torch.Tensor:
-        """(N, C, H, W) uint8 for `paths`, decoded on a few threads (PIL releases the GIL)."""
-        out = torch.empty((len(paths), *self._shape), dtype=torch.uint8)
+    def _decode(self, paths: list[Path], mask: bool = False) -> torch.Tensor:
+        """(N, C, H, W) uint8 for `paths` (masks: (N, 1, H, W) bool), decoded on a few threads
+        (PIL releases the GIL)."""
+        size = self._shape[1:]
+        if mask:
+            out = torch.empty((len(paths), 1, *size), dtype=torch.bool)
+            read = lambda p: load_mask(p, size)
+        else:
+            out = torch.empty((len(paths), *self._shape), dtype=torch.uint8)
+            read = lambda p: load_image(p, self.cfg.channels, size)
         if not paths:
             return out
-        size = self._shape[1:]
         workers = min(8, os.cpu_count() or 1, len(paths))
         if workers <= 1:
-            arrays = (load_image(p, self.cfg.channels, size) for p in paths)
-            for i, a in enumerate(arrays):
-                out[i] = torch.from_numpy(a)
+            for i, p in enumerate(paths):
+                out[i] = torch.from_numpy(read(p))
             return out
         with ThreadPoolExecutor(workers) as pool:
-            for i, a in enumerate(
-                pool.map(lambda p: load_image(p, self.cfg.channels, size), paths)
-            ):
+            for i, a in enumerate(pool.map(read, paths)):
                 out[i] = torch.from_numpy(a)
         return out
 
@@ -324,7 +284,13 @@ class FolderData:
             x8 = self._cache[split][idx]
         else:
             x8 = self._decode([self.files[split][i] for i in idx.tolist()])
-        return {"x": x8.float().div_(255.0), "y": self.labels[split][idx]}
+        out = {"x": x8.float().div_(255.0), "y": self.labels[split][idx]}
+        if self.masks is not None:
+            if self._mask_cache is not None:
+                out["mask"] = self._mask_cache[split][idx]
+            else:
+                out["mask"] = self._decode([self.masks[split][i] for i in idx.tolist()], mask=True)
+        return out
 
     def class_counts(self, split: str) -> torch.Tensor:
         """(num_classes,) int64 images per class in `split` (for class weights)."""
@@ -333,7 +299,9 @@ class FolderData:
 
     def describe(self) -> str:
         """A small table of images per split and class."""
-        lines = [f"{self.cfg.root} ({self.layout} layout), {self.info.input_shape} per image"]
+        lines = [f"{self.cfg.root} ({self.layout} layout), {self.info.input_shape} per image"
+                 + (", with lesion masks" if self.masks is not None else "")]
+        lines += [f"  {n}" for n in self.notes]
         width = max(len(c) for c in self.class_names)
         lines.append(f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in SPLITS))
         counts = {s: self.class_counts(s).tolist() for s in SPLITS}
