@@ -31,6 +31,8 @@ TINY_FAMILIES: dict[str, dict] = {
     "dbn": {"family": "dbn", "data": {"name": "digits"},
             "model": {"layers": [16, 8], "finetune_steps": 2, "ais_runs": 8, "ais_betas": 30,
                       "sample_gibbs_steps": 20}},
+    "ssl": {"family": "ssl", "data": {"name": "digits"},
+            "model": {"channels": [4, 8, 8], "projector": [16, 8]}},
     "dqn": {"family": "dqn",
             "data": {"name": "maze", "env": {"size": 7, "n_food": 2, "n_shock": 1, "max_steps": 30},
                      "val_size": 8, "test_size": 8},

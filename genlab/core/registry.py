@@ -24,6 +24,7 @@ _MODULES = (
     "genlab.families.dqn",
     "genlab.families.rbm",
     "genlab.families.dbn",
+    "genlab.families.ssl",
 )
 
 
