@@ -5,10 +5,17 @@
       mode: hard            # easy: opaque tumours; hard: faint and a bit smaller
       classes: syndrome     # A, B, C, Z (healthy); or lesion: 0 healthy, 1 any tumour
       size: [64, 48]        # optional area downscaling of the 128 x 96 images
+      labelled: 200         # optional: train on 200 class-balanced images of the train split
 
 Every image comes from genlab.data.brain_factory.BrainFactory: sample i of a split is a pure
 function of (seed, split, i), so nothing is stored and any index can be fetched in any batch.
 Batches carry the lesion mask, which the classifier scores its Grad-CAM maps against.
+
+With `labelled: N` the train split is N images picked from the first train_size by their labels
+(genlab.data.subset.balanced_subset, keyed by the recipe seed): the same number of each class,
+and nested (for one seed and train_size, the 40 are inside the 200). Label-efficiency studies
+use it so that every initialisation of a seed trains on the same images; val and test are
+untouched.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from genlab.core.registry import register_dataset
 from genlab.core.schema import param
 from genlab.data.base import SPLITS, DataInfo
 from genlab.data.brain_factory import GHOST_PROB, HEIGHT, SYNDROMES, WIDTH, BrainFactory
+from genlab.data.subset import balanced_subset
 
 LESION_CLASSES = ("healthy", "lesion")  # labels of classes: lesion
 
@@ -45,6 +53,10 @@ class BrainConfig:
         None, ge=1, help="[height, width] to downscale every 128 x 96 image to by area "
         "averaging (the mask: any lesion pixel in the cell), e.g. [64, 48]; null: 128 x 96"
     )
+    labelled: int | None = param(
+        None, ge=1, help="train split = this many images of the first train_size, the same number "
+        "per class, nested in the number for one seed (null: all train_size)"
+    )
 
     def __post_init__(self):
         if self.size is not None:
@@ -58,6 +70,9 @@ class BrainConfig:
                     f"size: downscaling only, at most [{HEIGHT}, {WIDTH}], got {self.size!r}"
                 )
             self.size = [h, w]
+        if self.labelled is not None and self.labelled > self.train_size:
+            raise ValueError(f"labelled: {self.labelled} images cannot be picked from train_size "
+                             f"{self.train_size}; expected at most train_size")
 
 
 @register_dataset("brain")
@@ -87,6 +102,12 @@ class BrainData:
             has_mask=True,
         )
         self._sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
+        self._train_idx: torch.Tensor | None = None  # train index -> factory index (labelled)
+        if cfg.labelled is not None:
+            pool = self._labels("train", torch.arange(cfg.train_size, device=self.device)).cpu()
+            self._train_idx = balanced_subset(pool, cfg.labelled, seed, self.info.num_classes,
+                                              what="data.labelled").to(self.device)
+            self._sizes["train"] = cfg.labelled
 
     def size(self, split: str) -> int:
         if split not in SPLITS:
@@ -101,6 +122,8 @@ class BrainData:
                 f"brain: {split} indices must be in [0, {n}), got "
                 f"[{int(idx.min())}, {int(idx.max())}]"
             )
+        if split == "train" and self._train_idx is not None:
+            idx = self._train_idx[idx.to(self.device)]
         out = self.factory.generate(split, idx)
         if self.cfg.size is not None and tuple(self.cfg.size) != (HEIGHT, WIDTH):
             size = tuple(self.cfg.size)
@@ -112,10 +135,15 @@ class BrainData:
 
     def class_counts(self, split: str) -> torch.Tensor:
         """(num_classes,) examples per class in `split` (computed from the label hash)."""
-        y = self.factory.labels(split, torch.arange(self.size(split), device=self.device)).cpu()
-        if self.cfg.classes == "lesion":
-            y = (y != SYNDROMES.index("Z")).long()
-        return torch.bincount(y, minlength=self.info.num_classes)
+        idx = torch.arange(self.size(split), device=self.device)
+        if split == "train" and self._train_idx is not None:
+            idx = self._train_idx
+        return torch.bincount(self._labels(split, idx).cpu(), minlength=self.info.num_classes)
+
+    def _labels(self, split: str, idx: torch.Tensor) -> torch.Tensor:
+        """The task's labels of factory samples `idx` (cheap: no image is made)."""
+        y = self.factory.labels(split, idx)
+        return (y != SYNDROMES.index("Z")).long() if self.cfg.classes == "lesion" else y
 
 
 __all__ = ["LESION_CLASSES", "SYNDROMES", "BrainConfig", "BrainData", "BrainFactory"]
