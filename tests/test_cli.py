@@ -35,6 +35,8 @@ def test_every_shipped_recipe_runs_a_few_steps(recipe, tmp_path, capsys, monkeyp
     for key in ("val_size", "test_size"):  # keep synthetic splits small for a smoke run
         if key in fields:
             extra += ["--set", f"data.{key}=8"]
+    if data.get("model", {}).get("backbone") == "brain_tumor_nn":  # 201 M weights at 128 x 96
+        extra += ["--set", "data.size=[32,24]"]
     assert main(["train", str(recipe), "--out", str(tmp_path), "--quiet", *FAST, *extra]) == 0
     runs = list(tmp_path.glob(f"{recipe.stem}/*/metrics.json"))
     assert len(runs) == 1

@@ -182,21 +182,27 @@ def predict_cmd(run_dir, images, checkpoint, device, as_json):
                    "data (with the lesion outline and scores where masks exist). Example: --split test")
 @click.option("--n", "n", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images taken with --split. Example: --n 16")
+@click.option("--layer", default=None,
+              help="Backbone layer to take the Grad-CAM map at (default: the last conv block); "
+                   "names from `genlab probe RUN --list-layers`. Example: --layer block2")
 @checkpoint_option()
 @device_option(DEVICE_HELP)
-def explain_cmd(run_dir, images, out, class_name, split, n, checkpoint, device):
+def explain_cmd(run_dir, images, out, class_name, split, n, layer, checkpoint, device):
     """Write Grad-CAM overlays (image, map, overlay) showing where the classifier looks.
 
     \b
     Examples:
       genlab explain runs/lesion_brain/20260101-120000 scan.png --out explain/
       genlab explain runs/lesion_brain/20260101-120000 --split test --n 16 --out explain/
+      genlab explain runs/lesion_brain/20260101-120000 --split test --layer block2 --out explain/
     """
     if bool(images) == bool(split):
         raise GenlabError("give IMAGE files or --split SPLIT (not both, not neither)")
     run = _load(run_dir, checkpoint, device, "genlab explain", need_data=split is not None)
     names = list(run.info.class_names)
-    if not run.model.can_explain:
+    if layer is not None:
+        _check_layer(run.model, layer, tuple(run.info.input_shape))
+    elif not run.model.can_explain:
         raise GenlabError(f"{run_dir}: the backbone has no convolutional trunk, so there is no "
                           f"Grad-CAM map to draw")
     cls = None
@@ -213,11 +219,26 @@ def explain_cmd(run_dir, images, out, class_name, split, n, checkpoint, device):
     else:
         x, masks = run.read_images(list(images)), None
         labels, truth = [Path(p).stem for p in images], [None] * len(images)
-    written = _write_overlays(run.model, x, masks, cls, names, labels, truth, Path(out))
-    click.echo(f"wrote {written} overlay(s) to {out}")
+    written = _write_overlays(run.model, x, masks, cls, names, labels, truth, Path(out), layer)
+    click.echo(f"wrote {written} overlay(s) to {out}" + (f" (Grad-CAM at layer {layer})" if layer else ""))
 
 
-def _write_overlays(model, x, masks, cls, names, labels, truth, out: Path) -> int:
+def _check_layer(model, layer: str, input_shape: tuple[int, ...]) -> None:
+    """--layer names a backbone layer whose output is a (B, C, h, w) map, else one line."""
+    from genlab.nn.layer_names import find_layers, layer_shapes
+
+    try:
+        find_layers(model.backbone, [layer])
+    except ValueError as e:
+        raise GenlabError(f"--layer {layer}: {e}") from None
+    shapes = layer_shapes(model.backbone, input_shape)
+    if shapes[layer] is None or len(shapes[layer]) != 3:
+        maps = [n for n, s in shapes.items() if s is not None and len(s) == 3]
+        raise GenlabError(f"--layer {layer}: its output is {shapes[layer]}, not a (C, h, w) map; "
+                          f"Grad-CAM layers: {', '.join(maps)}")
+
+
+def _write_overlays(model, x, masks, cls, names, labels, truth, out: Path, layer: str | None = None) -> int:
     """One Grad-CAM figure per image (32 at a time); prints a line per file; returns the count."""
     from genlab.metrics.gradcam import save_gradcam_figure
 
@@ -225,7 +246,7 @@ def _write_overlays(model, x, masks, cls, names, labels, truth, out: Path) -> in
     for s in range(0, len(x), 32):
         xs = x[s:s + 32]
         probs = model.predict_proba(xs).cpu()
-        cams = model.gradcam(xs, cls).cpu()
+        cams = (model.gradcam(xs, cls) if layer is None else model.gradcam(xs, cls, layer=layer)).cpu()
         for j in range(len(xs)):
             i = s + j
             k = int(probs[j].argmax())

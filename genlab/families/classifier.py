@@ -1,6 +1,9 @@
 """Image classifiers through the shared trainer: family "classifier".
 
-    image (B, C, H, W) -> backbone (pre -> conv trunk -> neck) -> (B, F) -> dropout + linear -> (B, K)
+    image (B, C, H, W) -> backbone (pre -> conv trunk -> neck) -> (B, F) -> head -> (B, K)
+
+Head: dropout + linear (the default), or with `head: [1024, 512]` dense layers (ReLU, then
+`head_dropout`) before the linear output: fc 1024 -> dropout -> fc 512 -> dropout -> logits.
 
 Backbones: those of genlab.nn.backbones, or the encoder of an exported bundle (`init:` a bundle
 folder or a run folder with export/) under a new head; genlab.families.init_from loads it and
@@ -14,6 +17,11 @@ Modes (what trains, `mode:`):
     gradual       head only for `unfreeze_every` steps, then one more backbone stage from the top
                   every `unfreeze_every` steps (ULMFiT-style); unfrozen stages at lr x encoder_lr_mult
 
+`freeze: [block1, features.1.0, ...]` freezes those backbone layers on top of the mode, by the
+names of genlab.nn.layer_names.named_layers (`genlab probe RUN --list-layers` prints them): their
+parameters are never trainable nor handed to the optimizer, and they stay in eval mode (frozen
+batch-norm statistics, no dropout), so they end a run bit-identical to how they started.
+
 Training loss: cross-entropy. With `label_fraction < 1` only the labelled examples of each batch
 enter it (genlab.data.subset.labelled_mask of their train indices; a batch with none takes no
 step). `class_weights: balanced` weighs class c by N / (K n_c), n_c counting the class-c examples
@@ -21,8 +29,8 @@ that entered the loss so far (buffer `class_seen`, kept in checkpoints): an esti
 batches seen, not the split's exact counts.
 
 Validation: `loss` is the plain cross-entropy (no class weights, no smoothing) and the monitor.
-`summarize` adds acc, auc, ece, top5, sens/<class>, spec/<class> and, for lesion tasks,
-bin/{sens,spec,ppv,npv,f1,auc} of "any lesion class vs the negative classes"
+`summarize` adds acc, top5 (K > 5; training logs it too), auc, ece, sens/<class>, spec/<class>
+and, for lesion tasks, bin/{sens,spec,ppv,npv,f1,auc} of "any lesion class vs the negative classes"
 (genlab.metrics.classification.report_scalars); on data with lesion masks, Grad-CAM of the
 predicted class scored against the mask, loc/* (genlab.metrics.gradcam.localisation_summary).
 """
@@ -37,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.core.errors import RecipeError
 from genlab.core.registry import register_family
 from genlab.core.schema import param
 from genlab.data.augment import AugmentConfig, build_augment
@@ -47,6 +56,7 @@ from genlab.families.init_from import backbone_from_bundle, format_init_report
 from genlab.metrics.classification import resolve_negative
 from genlab.nn.backbones import build_backbone
 from genlab.nn.blocks import first_layer
+from genlab.nn.layer_names import find_layers
 from genlab.nn.optim import build_optimizer
 
 
@@ -74,6 +84,11 @@ class ClassifierConfig:
         "n_c counted over the training batches seen so far")
     label_smoothing: float = param(0.0, ge=0, lt=1, help="label smoothing of the training loss")
     dropout: float = param(0.0, ge=0, lt=1, help="dropout before the linear head")
+    head: list[int] = param(default_factory=list, ge=1, help="widths of dense layers (ReLU + "
+                            "head_dropout each) before the output layer, e.g. [1024, 512]; [] = linear")
+    head_dropout: float = param(0.5, ge=0, lt=1, help="dropout after each dense layer of `head`")
+    freeze: list[str] = param(default_factory=list, help="backbone layers or stages kept frozen "
+                              "(names: `genlab probe RUN --list-layers`), e.g. [block1, block2]")
     augment: AugmentConfig = param(default_factory=AugmentConfig,
                                    help="training-time augmentation (torchvision.transforms.v2)")
     clahe: bool = param(False, help="CLAHE contrast equalisation of every input (train, eval, predict)")
@@ -93,12 +108,10 @@ class ClassifierConfig:
 
     def __post_init__(self):
         if self.init is not None:
-            if self.backbone not in (None, "encoder"):
-                raise ValueError(f"backbone: init loads an exported encoder, so backbone must be "
-                                 f"'encoder' or null, not {self.backbone!r}")
+            # a conv backbone named beside init must be the bundle's own (checked on loading)
             if self.mode == "scratch":
-                raise ValueError("mode: 'scratch' trains from random weights; with init use "
-                                 "linear_probe, finetune or gradual")
+                raise ValueError("mode: 'scratch' trains from random weights, but init loads an exported "
+                                 "encoder; use finetune, linear_probe or gradual (--set model.mode=finetune)")
         elif self.backbone == "encoder":
             raise ValueError("backbone: 'encoder' needs init (an exported encoder bundle)")
         if self.pretrained and self.name != "resnet18":
@@ -136,13 +149,15 @@ class Classifier(Family):
         if cfg.init is not None:
             self.backbone, self._backbone_args, self.init_report = backbone_from_bundle(
                 cfg.init, in_shape, pre, info.value_range, cfg.allow_shape_mismatch)
+            _same_backbone(cfg, self._backbone_args["encoder"])
             print(format_init_report(self.init_report), flush=True)
         else:
             self._backbone_args = dict(name=cfg.name, in_shape=in_shape, channels=cfg.channels,
                                        pretrained=cfg.pretrained, stem_stride=cfg.stem_stride, **pre)
             self.backbone = build_backbone(**self._backbone_args)
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity(),
-                                  nn.Linear(self.backbone.num_features, k))
+        self.head = _head(self.backbone.num_features, k, cfg)
+        self._frozen_layers = self._named_freeze(cfg.freeze)
+        self._frozen_ids = {id(p) for m in self._frozen_layers for p in m.parameters()}
         self.negative = resolve_negative(cfg.negative_classes, tuple(info.class_names))
         # per-class count of the examples that entered the training loss (balanced weights)
         self.register_buffer("class_seen", torch.zeros(k, dtype=torch.float64))
@@ -152,6 +167,17 @@ class Classifier(Family):
         self._apply_freeze()
 
     # -- freezing --------------------------------------------------------------------------------
+    def _named_freeze(self, names: list[str]) -> list[nn.Module]:
+        try:
+            layers = find_layers(self.backbone, list(names))
+        except ValueError as e:
+            raise RecipeError("model.freeze", str(e)) from None
+        empty = [n for n, m in zip(names, layers) if not any(True for _ in m.parameters())]
+        if empty:
+            raise RecipeError("model.freeze", f"{', '.join(empty)} ha{'ve' if len(empty) > 1 else 's'} "
+                              f"no parameters to freeze (name a conv, dense or norm layer or a stage)")
+        return layers
+
     def _frozen_stages(self) -> list[nn.Module]:
         return self._stages[: len(self._stages) - self._unfrozen]
 
@@ -162,7 +188,7 @@ class Classifier(Family):
             trainable = {id(p) for s in self._stages[len(self._stages) - self._unfrozen:]
                          for p in s.parameters()}
         for p in self.backbone.parameters():
-            p.requires_grad_(id(p) in trainable)
+            p.requires_grad_(id(p) in trainable and id(p) not in self._frozen_ids)
         self.train(self.training)
 
     def train(self, mode: bool = True):
@@ -174,6 +200,8 @@ class Classifier(Family):
                 self.backbone.eval()
             for s in self._frozen_stages():
                 s.eval()
+            for m in self._frozen_layers:
+                m.eval()
         return self
 
     def unfrozen_at(self, step: int) -> int:
@@ -193,14 +221,14 @@ class Classifier(Family):
 
     # -- the contract ----------------------------------------------------------------------------
     def configure_optimizers(self, train):
-        head, body = list(self.head.parameters()), list(self.backbone.parameters())
+        head = list(self.head.parameters())
+        body = [p for p in self.backbone.parameters() if id(p) not in self._frozen_ids]
         if self.cfg.mode == "linear_probe":
             return {"main": build_optimizer([{"params": head}], train)}
         if self.cfg.mode == "scratch":
             return {"main": build_optimizer(head + body, train)}
-        return {"main": build_optimizer([{"params": head},
-                                         {"params": body, "lr": train.lr * self.cfg.encoder_lr_mult}],
-                                        train)}
+        groups = [{"params": head}, {"params": body, "lr": train.lr * self.cfg.encoder_lr_mult}]
+        return {"main": build_optimizer([g for g in groups if g["params"]], train)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))  # (B, K) logits
@@ -221,7 +249,7 @@ class Classifier(Family):
             keep = labelled_mask(batch["index"], self.cfg.label_fraction, self.cfg.subset_seed)
             if not bool(keep.any()):  # no labelled example in this batch: no update
                 zero = torch.zeros((), device=x.device)
-                return {"loss": zero, "acc": zero}
+                return {"loss": zero, "acc": zero, **({"top5": zero} if self.info.num_classes > 5 else {})}
             x, y = x[keep], y[keep]
         if self.cfg.class_weights == "balanced":
             self.class_seen += torch.bincount(y, minlength=len(self.class_seen)).to(self.class_seen)
@@ -231,7 +259,10 @@ class Classifier(Family):
         loss = F.cross_entropy(logits.float(), y, weight=self.class_weight(),
                                label_smoothing=self.cfg.label_smoothing)
         ctx.update("main", loss)
-        return {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
+        out = {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean()}
+        if logits.shape[1] > 5:  # top-5 beside top-1, as the evaluation reports it
+            out["top5"] = (logits.detach().topk(5, dim=1).indices == y[:, None]).any(1).float().mean()
+        return out
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,11 +278,14 @@ class Classifier(Family):
     def can_explain(self) -> bool:
         return self.backbone.cam_layer is not None
 
-    def gradcam(self, x: torch.Tensor, class_idx=None) -> torch.Tensor:
-        """(B, H, W) Grad-CAM maps in [0, 1] at the backbone's conv trunk (call in eval mode)."""
+    def gradcam(self, x: torch.Tensor, class_idx=None, layer: str | None = None) -> torch.Tensor:
+        """(B, H, W) Grad-CAM maps in [0, 1] at the backbone's conv trunk, or at the backbone
+        layer named `layer` (genlab.nn.layer_names.named_layers; ValueError when unknown or not a
+        (B, C, h, w) map). Call in eval mode."""
         from genlab.metrics.gradcam import GradCAM
 
-        with GradCAM(self, self.backbone.cam_layer) as cam:
+        target = self.backbone.cam_layer if layer is None else find_layers(self.backbone, [layer])[0]
+        with GradCAM(self, target) as cam:
             return cam(x, class_idx)
 
     @torch.no_grad()
@@ -346,6 +380,40 @@ class Classifier(Family):
             extra["init_report"] = self.init_report
         return EncoderSpec(builder="classifier_backbone", config=config, module=self.backbone,
                            out_features=self.backbone.num_features, extra=extra)
+
+
+def _same_backbone(cfg: ClassifierConfig, encoder: dict) -> None:
+    """A recipe that names a conv backbone beside init must describe the bundle's backbone: the
+    same name, widths and stem stride (so a pretrained and a scratch run differ only by init)."""
+    from genlab.nn.backbones import DEFAULT_CHANNELS
+
+    if cfg.backbone in (None, "encoder"):
+        return
+    conf = encoder.get("config", {})
+    if encoder.get("builder") != "classifier_backbone" or conf.get("name") in (None, "encoder"):
+        raise RecipeError("model.backbone", f"{cfg.backbone}, but {cfg.init} holds a "
+                          f"{encoder.get('builder')!r} encoder, not a {cfg.backbone} backbone; set "
+                          f"model.backbone: null to use it")
+    name = conf["name"]
+    pairs = {"backbone": (name, cfg.backbone),
+             "channels": (conf.get("channels") or DEFAULT_CHANNELS.get(name),
+                          cfg.channels or DEFAULT_CHANNELS.get(cfg.backbone)),
+             "stem_stride": (int(conf.get("stem_stride", 1)), cfg.stem_stride)}
+    for key, (bundle, recipe) in pairs.items():
+        if (list(bundle) if isinstance(bundle, (list, tuple)) else bundle) != (
+                list(recipe) if isinstance(recipe, (list, tuple)) else recipe):
+            raise RecipeError(f"model.{key}", f"{recipe}, but the bundle {cfg.init} was built with "
+                              f"{bundle}; make them equal, or set model.backbone: null")
+
+
+def _head(width: int, k: int, cfg: ClassifierConfig) -> nn.Sequential:
+    """[dropout] -> (dense + ReLU + dropout) per `cfg.head` width -> linear to K logits."""
+    layers: list[nn.Module] = [nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()]
+    for units in cfg.head:
+        layers += [nn.Linear(width, units), nn.ReLU(inplace=True),
+                   nn.Dropout(cfg.head_dropout) if cfg.head_dropout else nn.Identity()]
+        width = units
+    return nn.Sequential(*layers, nn.Linear(width, k))
 
 
 __all__ = ["AugmentConfig", "Classifier", "ClassifierConfig", "resolve_negative"]

@@ -457,7 +457,8 @@ def classification_report(
     predicted positive when its argmax is in the group). Top-k accuracy is reported for each
     k in `top_k` with 1 < k < K. Undefined values (NaN) are None.
 
-    Keys: n, num_classes, class_names, accuracy, top_k_accuracy {k: value}, per_class [rows
+    Keys: n, num_classes, class_names, accuracy, top_k_accuracy {k: value}, chance (the
+    random-guess baseline: {"top1": 1/K, "top<k>": k/K for each reported k}), per_class [rows
     with class name, support, tp/fn/tn/fp, sensitivity, specificity, ppv, npv, f1, auc],
     macro {sensitivity, specificity, ppv, npv, f1, auc}, auc (= macro one-vs-rest AUC, or the
     class-1 AUC for K = 2), auc_grade, ece, ece_bins, confusion_matrix {convention, labels,
@@ -487,6 +488,7 @@ def classification_report(
         "class_names": names,
         "accuracy": accuracy(t, pred),
         "top_k_accuracy": {str(kk): top_k_accuracy(t, p, kk) for kk in top_k if 1 < kk < k},
+        "chance": {"top1": 1.0 / k, **{f"top{kk}": kk / k for kk in top_k if 1 < kk < k}},
         "per_class": per_class,
         "macro": macro,
         "auc": auc_main,
@@ -525,11 +527,12 @@ def report_scalars(report: Mapping[str, Any]) -> dict[str, float]:
     def f(v):
         return float("nan") if v is None else float(v)
 
-    out = {"acc": f(report["accuracy"]), "auc": f(report["auc"]), "ece": f(report["ece"])}
+    out = {"acc": f(report["accuracy"])}
+    for kk, v in report["top_k_accuracy"].items():  # beside top-1
+        out[f"top{kk}"] = f(v)
+    out.update(auc=f(report["auc"]), ece=f(report["ece"]))
     if report["num_classes"] > 2:
         out["auc_macro"] = f(report["macro"]["auc"])
-    for kk, v in report["top_k_accuracy"].items():
-        out[f"top{kk}"] = f(v)
     for row in report["per_class"]:
         out[f"sens/{row['class']}"] = f(row["sensitivity"])
         out[f"spec/{row['class']}"] = f(row["specificity"])
@@ -574,9 +577,14 @@ def format_report(report: Mapping[str, Any]) -> str:
                  + "".join(f"{_fmt(macro[k]):>{cw}}" for k in keys[1:]))
     lines.append("(one-vs-rest per class; macro = mean over classes where defined)")
     lines.append("")
-    lines.append(f"accuracy (top-1): {_fmt(report['accuracy'])}")
+    chance = report.get("chance") or {}
+
+    def guess(key: str) -> str:
+        return f"   (random guess {chance[key]:.3f})" if key in chance else ""
+
+    lines.append(f"accuracy (top-1): {_fmt(report['accuracy'])}{guess('top1')}")
     for kk, v in report.get("top_k_accuracy", {}).items():
-        lines.append(f"top-{kk} accuracy: {_fmt(v)}")
+        lines.append(f"top-{kk} accuracy: {_fmt(v)}{guess(f'top{kk}')}")
     auc_label = "AUC" if report["num_classes"] == 2 else "AUC (one-vs-rest, macro)"
     lines.append(f"{auc_label}: {_auc_text(report['auc'], report['auc_grade'])}")
     lines.append(f"ECE ({report['ece_bins']} bins): {_fmt(report['ece'])}")

@@ -9,13 +9,18 @@ unfreezing and the encoder export treat them alike:
 
 `stages()` lists the parameter groups bottom -> top (used for gradual unfreezing).
 
+Layer names (genlab.nn.layer_names, used by model.freeze, `genlab explain --layer` and `genlab
+probe --layer`): the dotted module paths inside the backbone ("features.1.0", "neck"; an exported
+encoder's own paths, without the wrapper's "encoder."), plus stage names for the conv trunk's
+blocks: block1, block2, ... (resnet18: stem, layer1 ... layer4). The preprocessing is not a layer.
+
     name            what it is
-    brain_tumor_nn  a small brain-tumour CNN: conv 16-64-256 (3x3) with 2x2 max-pooling after
-                    each, dense 1,024
+    brain_tumor_nn  a small brain-tumour CNN: conv 16-64-256 (3x3) with 2x2 max-pooling between
+                    the convs (two pools, none after the last conv), flatten, dense 1,024
     model1          a plain CNN: conv 32-64-128-128 (3x3), max-pool after each, flatten,
                     dropout 0.5, dense 512
-    model2          model1 + batch norm in every block and dropout 0.25 between blocks,
-                    flatten, dropout 0.5, dense 1,024
+    model2          six 3x3 convs: [32, 32] pool BN dropout, [32, 64] pool BN dropout, [128] pool,
+                    [128] pool BN; flatten, dropout 0.5, dense 512, dense 1,024 (`_model2`)
     vgg_sep         a VGG-like net: two 3x3 conv + BN + ReLU per block, 2x2 max-pool; the
                     upper blocks use depthwise-separable convs (depthwise 3x3 + pointwise 1x1, each
                     with BN); global average and max pooling, concatenated (2 x last width)
@@ -146,7 +151,8 @@ class Backbone(nn.Module):
     """pre -> features -> neck; see the module docstring."""
 
     def __init__(self, pre: nn.Module, features: nn.Module, neck: nn.Module, num_features: int,
-                 cam_layer: nn.Module | None, stage_list: list[nn.Module] | None = None):
+                 cam_layer: nn.Module | None, stage_list: list[nn.Module] | None = None,
+                 stage_names: list[str] | None = None):
         super().__init__()
         self.pre, self.features, self.neck = pre, features, neck
         self.num_features = int(num_features)
@@ -154,6 +160,9 @@ class Backbone(nn.Module):
         # kept out of the module tree (they are sub-modules of features / neck already)
         self.__dict__["cam_layer"] = cam_layer
         self.__dict__["_stages"] = stage_list
+        children = list(features.children())
+        names = stage_names or [f"block{i + 1}" for i in range(len(children))]
+        self.__dict__["stage_names"] = dict(zip(names, children))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.features(self.pre(x)))  # (B, num_features)
@@ -168,24 +177,56 @@ class Backbone(nn.Module):
         return found
 
 
-def _plain_cnn(in_shape, channels, *, batch_norm: bool, block_dropout: float, dense: int,
-               dense_dropout: float, stem_stride: int = 1) -> tuple[nn.Module, nn.Module, int]:
-    """conv3x3 (+BN) + ReLU + max-pool per block (+ dropout between blocks), flatten, dense."""
+def _plain_cnn(in_shape, channels, *, dense: int, dense_dropout: float, stem_stride: int = 1,
+               pool_last: bool = True) -> tuple[nn.Module, nn.Module, int]:
+    """conv3x3 + ReLU + max-pool per block (no pool after the last one unless pool_last),
+    flatten, [dropout], dense + ReLU."""
     c, h, w = in_shape
     blocks = []
     for i, (cin, cout) in enumerate(zip([c, *channels[:-1]], channels)):
         s = stem_stride if i == 0 else 1
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=s, padding=1, bias=not batch_norm)]
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(cout))
-        layers += [nn.ReLU(inplace=True), _pool()]
-        if block_dropout and i < len(channels) - 1:
-            layers.append(nn.Dropout(block_dropout))
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=s, padding=1), nn.ReLU(inplace=True)]
+        if pool_last or i < len(channels) - 1:
+            layers.append(_pool())
         blocks.append(nn.Sequential(*layers))
-    fh, fw = _pooled((h - 1) // stem_stride + 1, (w - 1) // stem_stride + 1, len(channels))
+    pools = len(channels) if pool_last else len(channels) - 1
+    fh, fw = _pooled((h - 1) // stem_stride + 1, (w - 1) // stem_stride + 1, pools)
     neck = nn.Sequential(nn.Flatten(), nn.Dropout(dense_dropout) if dense_dropout else nn.Identity(),
                          nn.Linear(channels[-1] * fh * fw, dense), nn.ReLU(inplace=True))
     return nn.Sequential(*blocks), neck, dense
+
+
+# The "Model 2" table of a TinyImageNet CNN study (Keras): ConvLayer 32, ConvLayer 32, MaxPool 2,
+# BatchNorm, Dropout | Conv 32, Conv 64, MaxPool, BatchNorm, Dropout | Conv 128, MaxPool |
+# Conv 128, MaxPool, BatchNorm | Flatten, Dropout, Dense 512, Dense 1024, Dense softmax (the
+# head). Its two Model 2 runs used dropout (.5, .5, .75) and (.5, .5, .5); 0.5 everywhere here.
+MODEL2_DROPOUT = 0.5
+
+
+def _model2(in_shape, widths, stem_stride: int = 1) -> tuple[nn.Module, nn.Module, int]:
+    """Model 2 from its block widths w (default 32-64-128-128): blocks 1 and 2 hold two convs
+    (w1, w1 and w1, w2), the others one (w3, w4); each block ends in a 2x2 max-pool; batch norm
+    follows the pool in blocks 1, 2 and the last, dropout in blocks 1 and 2 (not the last)."""
+    c, h, w = in_shape
+    blocks, cin = [], c
+    for i, width in enumerate(widths):
+        outs = ([width, width] if i == 0 else [widths[0], width]) if i < 2 else [width]
+        layers: list[nn.Module] = []
+        for j, cout in enumerate(outs):
+            s = stem_stride if i == 0 and j == 0 else 1
+            layers += [nn.Conv2d(cin, cout, 3, stride=s, padding=1), nn.ReLU(inplace=True)]
+            cin = cout
+        layers.append(_pool())
+        last = i == len(widths) - 1
+        if i < 2 or last:
+            layers.append(nn.BatchNorm2d(cin))
+        if i < 2 and not last:
+            layers.append(nn.Dropout(MODEL2_DROPOUT))
+        blocks.append(nn.Sequential(*layers))
+    fh, fw = _pooled((h - 1) // stem_stride + 1, (w - 1) // stem_stride + 1, len(widths))
+    neck = nn.Sequential(nn.Flatten(), nn.Dropout(MODEL2_DROPOUT), nn.Linear(cin * fh * fw, 512),
+                         nn.ReLU(inplace=True), nn.Linear(512, 1024), nn.ReLU(inplace=True))
+    return nn.Sequential(*blocks), neck, 1024
 
 
 def _vgg_sep(in_shape, channels, stem_stride: int = 1) -> tuple[nn.Module, nn.Module, int]:
@@ -277,22 +318,23 @@ def build_backbone(name: str, in_shape: list[int], channels: list[int] | None = 
     pre = CLAHE(clahe_clip, clahe_grid or (8, 8)) if clahe else nn.Identity()
     ch = list(channels) if channels else DEFAULT_CHANNELS.get(name)
     stage_list = None
-    if name == "brain_tumor_nn":
-        features, neck, n = _plain_cnn(in_shape, ch, batch_norm=False, block_dropout=0.0,
-                                       dense=1024, dense_dropout=0.0, stem_stride=stem_stride)
+    stage_names = None
+    if name == "brain_tumor_nn":  # pooling between the convs, not after the last (2 pools)
+        features, neck, n = _plain_cnn(in_shape, ch, dense=1024, dense_dropout=0.0,
+                                       stem_stride=stem_stride, pool_last=False)
     elif name == "model1":
-        features, neck, n = _plain_cnn(in_shape, ch, batch_norm=False, block_dropout=0.0,
-                                       dense=512, dense_dropout=0.5, stem_stride=stem_stride)
+        features, neck, n = _plain_cnn(in_shape, ch, dense=512, dense_dropout=0.5, stem_stride=stem_stride)
     elif name == "model2":
-        features, neck, n = _plain_cnn(in_shape, ch, batch_norm=True, block_dropout=0.25,
-                                       dense=1024, dense_dropout=0.5, stem_stride=stem_stride)
+        features, neck, n = _model2(in_shape, ch, stem_stride)
     elif name == "vgg_sep":
         features, neck, n = _vgg_sep(in_shape, ch, stem_stride)
     elif name == "resnet18":
         features, neck, n, stage_list = _resnet18(in_shape, pretrained)
+        stage_names = ["stem", "layer1", "layer2", "layer3", "layer4"]
     else:
         return _encoder_backbone(pre, in_shape, encoder)
-    return Backbone(pre, features, neck, n, cam_layer=features[-1], stage_list=stage_list)
+    return Backbone(pre, features, neck, n, cam_layer=features[-1], stage_list=stage_list,
+                    stage_names=stage_names)
 
 
 class EncoderBackbone(Backbone):
@@ -324,6 +366,7 @@ class EncoderBackbone(Backbone):
             cam = None
         self.__dict__["cam_layer"] = cam
         self.__dict__["_stages"] = None
+        self.__dict__["stage_names"] = dict(getattr(encoder, "stage_names", {}))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.pre(x))

@@ -7,8 +7,14 @@ encoder features. The command is `genlab probe` (genlab/cli/probe.py).
                -> class probabilities -> genlab.metrics.classification.classification_report
 
 Features: the encoder's output vector (the exported code), or with `pool` the global mean or
-max of its last convolutional feature map, (B, C, h, w) -> (B, C) — the Grad-CAM layer of a
-classifier backbone, the last layer of a conv AE/DAE or GAN-discriminator trunk.
+max (or both, meanmax) of its last convolutional feature map, (B, C, h, w) -> (B, C) — the
+Grad-CAM layer of a classifier backbone, the last layer of a conv AE/DAE or GAN-discriminator
+trunk. Any other layer, several image scales and VLAD: genlab.tools.features and
+genlab.tools.features_compare.
+
+Normalisation before the classifier (`norm`): standard (StandardScaler, fitted on the training
+features), l2 (each vector scaled to unit length) or power_l2 (signed square root of every number,
+then unit length).
 
 Model selection: C is chosen on the validation split (highest accuracy; ties go to the smaller C,
 the stronger regularisation); the final model is the one fitted on the training images with that
@@ -34,7 +40,9 @@ from genlab.core.errors import GenlabError
 
 DEFAULT_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 CLASSIFIERS = ("svm", "logreg")
-POOLS = ("none", "mean", "max")
+CLF_ALIASES = {"linear_svm": "svm"}  # the same LinearSVC
+POOLS = ("none", "mean", "max", "meanmax")
+NORMS = ("standard", "l2", "power_l2")
 
 
 @dataclass
@@ -144,7 +152,9 @@ def extract(src: ProbeSource, split: str, n: int | None, pool: str = "none",
                     if fmap.dim() != 4:
                         raise GenlabError(f"--pool {pool}: the encoder's last conv output has shape "
                                           f"{tuple(fmap.shape)}, not (B, C, h, w)")
-                    out = fmap.mean(dim=(2, 3)) if pool == "mean" else fmap.amax(dim=(2, 3))
+                    from genlab.tools.features import pool as pool_map
+
+                    out = pool_map(fmap, pool)
                 feats.append(out.flatten(1).double().cpu())
                 ys.append(batch["y"].long().cpu())
     finally:
@@ -153,14 +163,19 @@ def extract(src: ProbeSource, split: str, n: int | None, pool: str = "none",
     return torch.cat(feats).numpy(), torch.cat(ys).numpy()
 
 
-def _pipeline(clf: str, c: float, pca: int | None, seed: int):
+def _pipeline(clf: str, c: float, pca: int | None, seed: int, norm: str = "standard"):
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
     from sklearn.svm import LinearSVC
 
-    steps = [StandardScaler()]
+    if norm == "standard":
+        steps = [StandardScaler()]
+    elif norm == "l2":
+        steps = [Normalizer()]
+    else:
+        steps = [FunctionTransformer(_signed_sqrt), Normalizer()]
     if pca is not None:
         steps.append(PCA(n_components=pca, random_state=seed))
     if clf == "svm":
@@ -168,6 +183,10 @@ def _pipeline(clf: str, c: float, pca: int | None, seed: int):
     else:
         steps.append(LogisticRegression(C=c, max_iter=2000))
     return make_pipeline(*steps)
+
+
+def _signed_sqrt(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.sqrt(np.abs(x))
 
 
 def _scores(model, x: np.ndarray) -> np.ndarray:
@@ -215,14 +234,17 @@ class ProbeResult:
 
 
 def fit(clf: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-        pca: int | None = None, c_grid=DEFAULT_C_GRID, seed: int = 0) -> ProbeResult:
+        pca: int | None = None, c_grid=DEFAULT_C_GRID, seed: int = 0, norm: str = "standard") -> ProbeResult:
     """Fit the probe for every C, keep the best on val (see the module docstring)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
 
+    clf = CLF_ALIASES.get(clf, clf)
     if clf not in CLASSIFIERS:
-        raise GenlabError(f"--clf {clf}: expected one of {', '.join(CLASSIFIERS)}")
+        raise GenlabError(f"--clf {clf}: expected one of {', '.join([*CLASSIFIERS, *CLF_ALIASES])}")
+    if norm not in NORMS:
+        raise GenlabError(f"--norm {norm}: expected one of {', '.join(NORMS)}")
     classes = np.unique(y_train)
     if len(classes) < 2:
         raise GenlabError(f"the training images hold only class {classes.tolist()}; a probe needs at "
@@ -235,7 +257,7 @@ def fit(clf: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
     for c in sorted(float(v) for v in c_grid):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            m = _pipeline(clf, c, pca, seed).fit(x_train, y_train)
+            m = _pipeline(clf, c, pca, seed, norm).fit(x_train, y_train)
         acc = float((m.predict(x_val) == y_val).mean())
         val_acc[c] = acc
         if best is None or acc > val_acc[best_c] + 1e-12:
@@ -248,19 +270,21 @@ def fit(clf: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
     return ProbeResult(best, clf, best_c, val_acc, temp, classes)
 
 
-def describe(pool: str, pca: int | None, feat_dim: int) -> str:
+def describe(pool: str, pca: int | None, feat_dim: int, norm: str = "standard") -> str:
     what = "encoder output" if pool == "none" else f"global {pool} of the last conv map"
-    return f"{what} ({feat_dim} numbers)" + (f" -> PCA {pca}" if pca is not None else "")
+    return (f"{what} ({feat_dim} numbers)" + (f", {norm} normalised" if norm != "standard" else "")
+            + (f" -> PCA {pca}" if pca is not None else ""))
 
 
-def probe_name(clf: str, pca: int | None, pool: str) -> str:
+def probe_name(clf: str, pca: int | None, pool: str, norm: str = "standard") -> str:
     """Folder / TensorBoard name of one probe setting, e.g. svm-pca128-poolmean."""
-    return clf + (f"-pca{pca}" if pca is not None else "") + (f"-pool{pool}" if pool != "none" else "")
+    return (CLF_ALIASES.get(clf, clf) + (f"-{norm}" if norm != "standard" else "")
+            + (f"-pca{pca}" if pca is not None else "") + (f"-pool{pool}" if pool != "none" else ""))
 
 
 def jsonable_grid(val_acc: dict[float, float]) -> list[dict]:
     return [{"C": c, "val_accuracy": a} for c, a in val_acc.items()]
 
 
-__all__ = ["CLASSIFIERS", "DEFAULT_C_GRID", "POOLS", "ProbeResult", "ProbeSource", "describe",
-           "extract", "fit", "fit_temperature", "jsonable_grid", "load_source", "probe_name"]
+__all__ = ["CLASSIFIERS", "CLF_ALIASES", "DEFAULT_C_GRID", "NORMS", "POOLS", "ProbeResult", "ProbeSource",
+           "describe", "extract", "fit", "fit_temperature", "jsonable_grid", "load_source", "probe_name"]
