@@ -122,6 +122,60 @@ class ConvDecoder(nn.Module):
         return self.body(self.fc(z).view(z.shape[0], *self.start_shape))  # dense or spatial code
 
 
+def upsample_sizes(in_size: tuple[int, int], out_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The sizes a decoder passes through from a feature map of `in_size` up to `out_size`, one
+    doubling each, smallest first and `out_size` last: out_size halved with rounding up until it
+    is no larger than in_size (the sizes ceil-mode pooling and stride-2 stems give on the way
+    down). Empty when in_size is already out_size."""
+    sizes = [tuple(out_size)]
+    while sizes[-1][0] > in_size[0] or sizes[-1][1] > in_size[1]:
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    return list(reversed(sizes[:-1]))
+
+
+class UpDecoder(nn.Module):
+    """A feature map (B, C, h, w) -> an image (B, c, H, W) in [0, 1], with no skip connections, so
+    everything the image needs has passed through the map (a decoder fed the encoder's earlier
+    maps could copy the input around the encoder, which would then learn nothing).
+
+    One 4x4 stride-2 transposed convolution per doubling (`widths[i]` channels out), each output
+    cut to the next size of `upsample_sizes` (or resized to it when the map does not come from
+    halving), then a 3x3 convolution to the image's channels and a sigmoid.
+    """
+
+    def __init__(self, in_channels: int, in_size: tuple[int, int], out_shape: list[int],
+                 widths: list[int], norm: str = "none", activation: str = "leaky_relu"):
+        super().__init__()
+        c, h, w = out_shape
+        if in_size[0] > h or in_size[1] > w:
+            raise ValueError(f"the feature map {tuple(in_size)} is larger than the image {(h, w)}")
+        self.sizes = upsample_sizes(tuple(in_size), (h, w))
+        if len(widths) != len(self.sizes):
+            raise ValueError(f"{len(self.sizes)} upsampling steps ({tuple(in_size)} -> {(h, w)}) "
+                             f"need {len(self.sizes)} widths, got {len(widths)}")
+        ups = []
+        for cin, cout in zip([in_channels, *widths[:-1]], widths):
+            layers: list[nn.Module] = [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1,
+                                                          bias=norm == "none")]
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(_act(activation))
+            ups.append(nn.Sequential(*layers))
+        self.ups = nn.ModuleList(ups)
+        self.head = nn.Sequential(nn.Conv2d(widths[-1] if widths else in_channels, c, 3, padding=1),
+                                  nn.Sigmoid())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        for up, (h, w) in zip(self.ups, self.sizes):
+            z = up(z)
+            if z.shape[-2] >= h and z.shape[-1] >= w:
+                z = z[..., :h, :w]
+            else:
+                z = nn.functional.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
+        return self.head(z)
+
+
 class DenseEncoder(nn.Module):
     """Flatten, then Linear + activation per hidden width, then a linear code.
 
