@@ -126,8 +126,9 @@ def overrides(args, row: str, n: int, seed: int, shapes: dict) -> list[str]:
                 "model.stem_stride=1"]
         if shapes[name] != shapes["scratch"]:  # the same images, at the encoder's input size
             out.append(f"data.size=[{shapes[name][0]},{shapes[name][1]}]")
+        mode = "gradual" if name in args.gradual else "finetune"
         out += (["model.mode=linear_probe"] if row.endswith("/probe") else
-                ["model.mode=finetune", f"model.encoder_lr_mult={args.encoder_lr_mult}"])
+                [f"model.mode={mode}", f"model.encoder_lr_mult={args.encoder_lr_mult}"])
     return out
 
 
@@ -232,6 +233,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, help="or N when smaller (default 64; reduced 32)")
     p.add_argument("--lr", type=float, default=None, help="default: the recipe's train.lr")
     p.add_argument("--encoder-lr-mult", type=float, default=0.1)
+    p.add_argument("--gradual", nargs="+", default=[], metavar="NAME",
+                   help="these --init rows fine-tune with model.mode gradual (the head first, then the "
+                   "backbone's stages top-down every model.unfreeze_every steps) instead of finetune; "
+                   "give the same bundle a second NAME to have both rows")
     p.add_argument("--eval-points", type=int, help="val evaluations per budget (30; reduced 5)")
     p.add_argument("--patience", type=int, help="early stopping after this many evaluations without "
                    "a better val loss; 0: none (15; reduced 0)")
@@ -264,6 +269,9 @@ def main(argv=None) -> int:
              f"{[n for n in args.labels if n not in args.budgets]}; give --steps")
     args.labels = sorted(args.labels)
     args.inits = parse_inits(args.init[:1] if args.reduced else args.init)
+    if set(args.gradual) - set(args.inits):
+        fail(f"--gradual {' '.join(sorted(set(args.gradual) - set(args.inits)))}: not an --init NAME "
+             f"(known: {', '.join(args.inits) or 'none'})")
 
     import torch
 
