@@ -125,7 +125,8 @@ def test_probe_on_separable_features_is_perfect(clf, norm):
 @pytest.mark.parametrize("fam,layer", [("classifier", "block2"), ("dae", "features.2")])
 def test_probe_compares_layers_scales_and_vlad(fam, layer, runs_of, tmp_path, capsys):
     report = tmp_path / "f.md"
-    args = ["probe", str(runs_of[fam]), "--clf", "svm", "--layer", layer, "--layer", "output",
+    # no --clf: a comparison defaults to the linear SVM
+    args = ["probe", str(runs_of[fam]), "--layer", layer, "--layer", "output",
             "--vlad", "8", "--scales", "1,1.5", "--report", str(report), "--n-train", "200",
             "--limit", "60", "--c", "0.1", "--c", "1"]
     if fam == "dae":  # the DAE's output is dense: name the dense layer to run it at 1.5
@@ -139,6 +140,7 @@ def test_probe_compares_layers_scales_and_vlad(fam, layer, runs_of, tmp_path, ca
     data = json.loads((runs_of[fam] / "probe" / "compare" / "test" / "table.json").read_text())
     for r in data["rows"]:
         assert 0 <= r["accuracy"] <= 1 and r["dim"] > 0 and r["top5"] is not None
+    assert data["header"]["classifier"] in ("svm", "linear_svm")
     vlad_dim = {r["dim"] for r in data["rows"] if r["layer"] == layer and r["features"] == "VLAD k=8"}
     assert vlad_dim == {8 * (8 if fam == "classifier" else 16)}  # k x channels
 

@@ -37,7 +37,8 @@ def _csv(kind, choices=None):
 @run_dir_argument
 @click.option("--clf", type=click.Choice(["svm", "linear_svm", "logreg"]), default=None,
               help="Linear SVM (LinearSVC; svm and linear_svm are the same) or logistic regression; "
-                   "required except with --list-layers. Example: --clf linear_svm")
+                   "required for a single probe; a comparison (--layer, --scales, --vlad, --report) "
+                   "defaults to linear_svm. Example: --clf linear_svm")
 @click.option("--list-layers", is_flag=True,
               help="Print the named layers of the run's encoder/backbone with their output shapes, "
                    "and stop. Example: --list-layers")
@@ -112,6 +113,9 @@ def probe_cmd(run_dir, clf, list_layers, layers, scales, pool, vlad, norm, pca, 
     from genlab.metrics.classification import classification_report, format_report
     from genlab.tools import probe
 
+    comparing = bool(layers or vlad or scales or report_file or len(pool or []) > 1)
+    if clf is None and comparing:
+        clf = "linear_svm"  # the extractor workflow's classic read-out (L2-normalised features + linear SVM)
     if clf is None and not list_layers:
         raise GenlabError("--clf: missing; give svm (= linear_svm) or logreg")
     t0 = time.perf_counter()
@@ -122,7 +126,7 @@ def probe_cmd(run_dir, clf, list_layers, layers, scales, pool, vlad, norm, pca, 
         click.echo(f"{src.recipe.name}: layers of the {src.origin}, input {tuple(src.info.input_shape)}\n")
         click.echo(features.format_layers(features.list_layers(src.backbone, src.info.input_shape)))
         return
-    if layers or vlad or scales or report_file or len(pool or []) > 1:
+    if comparing:
         _compare(src, run_dir, clf, layers, scales, pool, vlad, norm, pca, report_file, split, n_train,
                  limit, c_grid, out, batch_size)
         return
