@@ -126,7 +126,7 @@ def overrides(args, row: str, n: int, seed: int, shapes: dict) -> list[str]:
                 "model.stem_stride=1"]
         if shapes[name] != shapes["scratch"]:  # the same images, at the encoder's input size
             out.append(f"data.size=[{shapes[name][0]},{shapes[name][1]}]")
-        mode = "gradual" if name in getattr(args, "gradual", ()) else "finetune"
+        mode = "gradual" if name in args.gradual else "finetune"
         out += (["model.mode=linear_probe"] if row.endswith("/probe") else
                 [f"model.mode={mode}", f"model.encoder_lr_mult={args.encoder_lr_mult}"])
     return out

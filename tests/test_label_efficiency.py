@@ -73,7 +73,7 @@ def test_brain_labelled_split(classes):
 def _args(bundle):
     return SimpleNamespace(labels=[8, 16], budgets={8: 4, 16: 6}, eval_points=3, patience=2, pool=200,
                            val_size=16, test_size=16, device="cpu", batch_size=64, lr=None, set=list(SMALL),
-                           inits={"enc": bundle}, encoder_lr_mult=0.1)
+                           inits={"enc": bundle}, encoder_lr_mult=0.1, gradual=[])
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +154,12 @@ def test_end_to_end_writes_lines_and_table_and_resumes(tmp_path, bundle, capsys)
     with pytest.raises(SystemExit) as e:
         le.main(["--init", "enc", "--report-only"])
     assert e.value.code == 2
+
+
+def test_gradual_rows_fine_tune_with_the_gradual_mode(bundle):
+    args = _args(bundle)
+    shapes = {"scratch": [32, 24], "enc": [32, 24]}
+    assert "model.mode=finetune" in le.overrides(args, "enc", 16, 0, shapes)
+    args.gradual = ["enc"]
+    assert "model.mode=gradual" in le.overrides(args, "enc", 16, 0, shapes)
+    assert "model.mode=linear_probe" in le.overrides(args, "enc/probe", 16, 0, shapes)  # probe row unchanged
