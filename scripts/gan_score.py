@@ -51,10 +51,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--extractor", type=Path, default=None, help="exported encoder bundle (folder)")
+    ap.add_argument("--lesion-judge", type=Path, default=None, help="a lesion judge folder (e.g. "
+                    "judges/lesion_judge_brain): adds its Frechet distance, lesion rate and agreement")
     ap.add_argument("--split", default="val", choices=["val", "test"])
     ap.add_argument("--out", type=Path, default=None, help="also write the metrics to this JSON file")
     args = ap.parse_args()
     overrides = [f"model.fid_extractor={args.extractor}"] if args.extractor else []
+    if args.lesion_judge:
+        overrides.append(f"model.lesion_judge={args.lesion_judge}")
     run = genlab.load_run(args.run_dir, "last", "cpu", overrides=overrides)
     t0 = time.perf_counter()
     metrics = evaluate(run, args.split)

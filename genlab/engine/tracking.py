@@ -221,8 +221,12 @@ def write_outputs(run_dir: Path, result: dict, history: dict[str, list[list[floa
     tracker.close()
 
 
+CURVE_COLUMNS = 6
+
+
 def plot_curves(history: dict[str, list[list[float]]], path: Path) -> None:
-    """One panel per metric group (train/*, eval/*), values against step."""
+    """One panel per metric, values against step, in rows of at most CURVE_COLUMNS panels (a GAN
+    scored by two judges logs ~40 metrics: one row would be a figure too wide to open)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,8 +235,12 @@ def plot_curves(history: dict[str, list[list[float]]], path: Path) -> None:
     names = [k for k, v in history.items() if v and not k.startswith("charts/")]
     if not names:
         return
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    ncols = min(CURVE_COLUMNS, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
         steps, vals = zip(*history[name])
         ax.plot(steps, vals, marker="." if len(steps) < 30 else None)
         ax.set_title(name, fontsize=9)

@@ -21,11 +21,14 @@ N/2) and the split's examples [0, N): reference R = real[n:2n];
     precision, recall  k-NN manifolds (Kynkäänniemi et al. 2019) of samples vs R, and the same
                        for real[:n] (precision_floor, recall_floor)
     diversity          mean pairwise feature distance of the samples / of real[:n]
+With `lesion_judge` (a frozen classifier, genlab.families.gan_judge) beside them: the same
+protocol in its features (fid/<its name>, ...), the share of samples it calls lesion-bearing
+against the real images, and for conditional runs the share it assigns to their class
+(agreement); the list is in genlab.families.gan_scores.
 """
 from __future__ import annotations
 
 import copy
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,8 @@ from genlab.core.registry import register_family
 from genlab.core.schema import param
 from genlab.data.base import DataInfo
 from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
+from genlab.families.gan_judge import judge_name
+from genlab.families.gan_scores import LesionScores, frechet_and_pr
 from genlab.metrics import generative as gen_metrics
 from genlab.nn.gan_blocks import Discriminator, Generator, gan_widths, save_generator
 from genlab.nn.gan_losses import (
@@ -84,11 +89,22 @@ class GANConfig:
     ema_decay: float = param(0.999, ge=0, lt=1, help="EMA of generator weights, used for samples "
                              "and scores: beta_t = min(ema_decay, (1+t)/(10+t)); 0: no averaging")
     conditional: bool = param(False, help="class-conditional G (label embedding) and projection D")
+    g_class_norm: bool = param(False, help="conditional G: every batch norm takes a per-class gain "
+                               "and bias (conditional batch norm), so the class shapes each "
+                               "resolution, not only the input; needs conditional and g_norm batch")
     fid_extractor: Path | None = param(None, must_exist=True, help="exported encoder bundle used as "
                                        "the FD judge (null: fixed random-weight conv net 'random_conv')")
     fid_samples: int = param(500, ge=8, help="samples per set for FD and precision/recall (the split "
                              "evaluated must hold 2x this; fewer: N/2, reported as fid_samples)")
     pr_k: int = param(3, ge=1, help="k of the k-NN manifolds for precision/recall")
+    lesion_judge: Path | None = param(None, must_exist=True, help="lesion-judge folder (a frozen "
+                                      "classifier, e.g. judges/lesion_judge_brain): adds FD, "
+                                      "precision/recall, lesion rate and agreement under it")
+
+    def __post_init__(self):
+        if self.g_class_norm and not (self.conditional and self.g_norm == "batch"):
+            raise ValueError(f"g_class_norm: true needs conditional: true and g_norm: batch (got "
+                             f"conditional: {self.conditional}, g_norm: {self.g_norm})")
 
 
 @register_family("gan")
@@ -112,13 +128,15 @@ class GAN(Family):
         self._gen_args = {"out_shape": list(info.input_shape), "z_dim": cfg.z_dim,
                           "num_classes": ncls, "norm": cfg.g_norm, "upsample": cfg.g_upsample,
                           "channels": gan_widths(h, w, cfg.g_width, cfg.max_width),
-                          "output": cfg.g_output}
+                          "output": cfg.g_output, "class_norm": cfg.g_class_norm}
         self.G = Generator(**self._gen_args)
         # The EMA generator lives in the state_dict (checkpoints hold it); never optimised.
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         # The judge is a fixed function, kept out of the state_dict (a plain dict attribute).
         self.judge_name, judge = self._build_judge(cfg.fid_extractor, info)
         self._judge = {"net": judge}
+        self._lesion = (None if cfg.lesion_judge is None
+                        else LesionScores(cfg.lesion_judge, info, cfg.conditional))
         self.monitor = (f"fid/{self.judge_name}", "min")
         self._d_low = 0  # consecutive steps with the D loss below D_WINS_LOSS
         self._warned: set[str] = set()
@@ -134,13 +152,12 @@ class GAN(Family):
         if tuple(meta["input_shape"]) != tuple(info.input_shape):
             raise RecipeError("model.fid_extractor", f"the encoder takes {tuple(meta['input_shape'])} "
                               f"images, the data are {tuple(info.input_shape)}")
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(meta.get("recipe") or meta.get("family")))
-        return name, net
+        return judge_name(meta.get("recipe") or meta.get("family")), net
 
-    def _warn_once(self, key: str, msg: str) -> None:
+    def _warn_once(self, key: str, msg: str, stacklevel: int = 3) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
 
     # -- the contract ------------------------------------------------------------------------
     def configure_optimizers(self, train):
@@ -220,26 +237,34 @@ class GAN(Family):
         fake = self.G_ema(self._noise(x.shape[0], x.device, eval_generator(batch)), y).float()
         d_real, d_fake = self.D(x, y).float(), self.D(fake, y).float()
         judge = self._judge["net"].to(x.device)
-        return {"d_real": d_real.mean(), "d_fake": d_fake.mean(),  # D's mean raw score
-                "feat_real": judge(x).float(), "feat_fake": judge(fake).float()}  # (B, D) each
+        out = {"d_real": d_real.mean(), "d_fake": d_fake.mean(),  # D's mean raw score
+               "feat_real": judge(x).float(), "feat_fake": judge(fake).float()}  # (B, D) each
+        if self._lesion is not None:
+            out.update(self._lesion.columns(x, fake, batch.get("y")))
+        return out
 
     def summarize(self, collected: dict[str, torch.Tensor]) -> dict[str, float]:
         real, fake = collected["feat_real"], collected["feat_fake"]
         n = min(self.cfg.fid_samples, len(real) // 2)
-        if n <= max(self.cfg.pr_k, 2):
-            return {}
-        ref, real_a, fake_a = real[n:2 * n], real[:n], fake[:n]
-        fd = gen_metrics.frechet_distance(fake_a, ref)
-        floor = gen_metrics.frechet_distance(real_a, ref)
-        p, r = gen_metrics.precision_recall(ref, fake_a, self.cfg.pr_k)
-        p0, r0 = gen_metrics.precision_recall(ref, real_a, self.cfg.pr_k)
-        div = gen_metrics.diversity(fake_a) / max(gen_metrics.diversity(real_a), 1e-12)
-        if r < COLLAPSE_RECALL or div < COLLAPSE_DIVERSITY:
-            self._warn_once("collapse", f"samples look collapsed: recall {r:.3f} (real vs real "
-                            f"{r0:.3f}), diversity {div:.3f} of the real data's (judge {self.judge_name})")
+        out: dict[str, float] = {}
+        if n > max(self.cfg.pr_k, 2):
+            out = self._feature_scores(real, fake, n)
+        if self._lesion is not None and "lj_logits_real" in collected:
+            out.update(self._lesion.summarize(collected, n, self.cfg.pr_k))
+        return out
+
+    def _feature_scores(self, real: torch.Tensor, fake: torch.Tensor, n: int) -> dict[str, float]:
+        s = frechet_and_pr(real, fake, n, self.cfg.pr_k)
+        div = gen_metrics.diversity(fake[:n]) / max(gen_metrics.diversity(real[:n]), 1e-12)
+        if s["recall"] < COLLAPSE_RECALL or div < COLLAPSE_DIVERSITY:
+            self._warn_once("collapse", f"samples look collapsed: recall {s['recall']:.3f} (real vs "
+                            f"real {s['recall_floor']:.3f}), diversity {div:.3f} of the real data's "
+                            f"(judge {self.judge_name})", stacklevel=4)  # summarize's caller
         name = self.judge_name
-        return {f"fid/{name}": fd, f"fid_floor/{name}": floor, "fid_ratio": fd / max(floor, 1e-12),
-                "precision": p, "recall": r, "precision_floor": p0, "recall_floor": r0,
+        return {f"fid/{name}": s["fid"], f"fid_floor/{name}": s["fid_floor"],
+                "fid_ratio": s["fid"] / max(s["fid_floor"], 1e-12),
+                "precision": s["precision"], "recall": s["recall"],
+                "precision_floor": s["precision_floor"], "recall_floor": s["recall_floor"],
                 "diversity": div, "fid_samples": float(n)}
 
     @torch.no_grad()

@@ -18,16 +18,24 @@ feature set is the union of balls around each of its points, the radius being th
 its k-th nearest neighbour within the set. Precision = share of generated points inside the real
 manifold (are samples realistic?); recall = share of real points inside the generated manifold
 (is the data's variety covered?). Mode collapse shows up as low recall.
+
+A classifier as judge (its logits (N, K), the class it calls = the argmax):
+    lesion_rate       share of images called a lesion class (the argmax not among `negative`)
+    class_agreement   share of images called the class they carry (a generator's conditioning
+                      label, or the truth for real images: the judge's accuracy), overall and
+                      per class
 """
 from __future__ import annotations
 
 import numpy as np
 
 __all__ = [
+    "class_agreement",
     "diversity",
     "frechet_distance",
     "frechet_from_stats",
     "gaussian_stats",
+    "lesion_rate",
     "precision_recall",
 ]
 
@@ -106,3 +114,31 @@ def diversity(feats) -> float:
         return 0.0
     d = np.sqrt(_sq_dists(a, a))
     return float(d.sum() / (n * (n - 1)))
+
+
+def _calls(logits) -> np.ndarray:
+    return _f64(logits).argmax(1)
+
+
+def lesion_rate(logits, negative) -> float:
+    """Share of the rows of `logits` (N, K) whose argmax is not in `negative` (class indices
+    meaning "no lesion"); NaN for no rows."""
+    calls = _calls(logits)
+    if len(calls) == 0:
+        return float("nan")
+    return float((~np.isin(calls, np.asarray(list(negative), dtype=np.int64))).mean())
+
+
+def class_agreement(logits, labels, num_classes: int) -> tuple[float, np.ndarray]:
+    """(overall, per_class (num_classes,)): the share of rows of `logits` (N, K) whose argmax is
+    their label (N,), over all rows and over the rows of each label (NaN for a label with none)."""
+    calls = _calls(logits)
+    y = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels).astype(np.int64)
+    if y.shape != calls.shape:
+        raise ValueError(f"expected one label per row: {calls.shape[0]} rows, labels {y.shape}")
+    hit = calls == y
+    per = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        if (y == c).any():
+            per[c] = hit[y == c].mean()
+    return (float(hit.mean()) if len(hit) else float("nan")), per
