@@ -24,6 +24,7 @@ from genlab.nn.gan_blocks import (
     gan_depth,
     gan_widths,
     load_generator,
+    save_generator,
 )
 from genlab.nn.gan_losses import ema_beta, gradient_penalty, mode_seeking_ratio
 
@@ -293,3 +294,31 @@ def test_mode_seeking_ratio_is_zero_for_a_collapsed_batch_and_matches_by_hand():
     assert x.grad.abs().sum() > 0
     same = torch.rand(1, 1, 16, 8, generator=gen).repeat(6, 1, 1, 1)
     assert float(mode_seeking_ratio(same, z)) < 1e-6
+
+
+def test_class_norm_starts_as_plain_batch_norm_and_then_follows_the_class(tmp_path):
+    """Conditional batch norm: per-class gain and bias start at (1, 0), so at step 0 the
+    generator is exactly the plain-BN one with the same weights; once a class's gain moves, only
+    that class's images change. It survives the generator's export."""
+    shape, z, y = [1, 28, 28], torch.randn(6, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(0)
+    plain = Generator(shape, gan_widths(28, 28, 4, 16), z_dim=8, num_classes=3)
+    torch.manual_seed(0)
+    cbn = Generator(shape, gan_widths(28, 28, 4, 16), z_dim=8, num_classes=3, class_norm=True)
+    cbn.load_state_dict({**plain.state_dict(), **{k: v for k, v in cbn.state_dict().items()
+                                                   if ".gamma." in k or ".beta." in k}}, strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(cbn(z, y), plain(z, y), rtol=1e-6, atol=1e-6)
+        before = cbn(z, y)
+        cbn.body[0].beta.weight[2] += 0.5  # class 2's bias at the first norm
+        after = cbn(z, y)
+    moved = (after - before).abs().flatten(1).amax(1)
+    assert bool((moved[[2, 5]] > 1e-4).all())
+    # batch statistics mix the batch, so the other classes move too, but far less
+    assert float(moved[[0, 1, 3, 4]].max()) < float(moved[[2, 5]].min())
+    save_generator(cbn, {"out_shape": shape, "channels": gan_widths(28, 28, 4, 16), "z_dim": 8,
+                         "num_classes": 3, "class_norm": True}, tmp_path / "g")
+    with torch.no_grad():
+        torch.testing.assert_close(load_generator(tmp_path / "g")(z, y), after, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="class_norm"):
+        Generator(shape, gan_widths(28, 28, 4, 16), z_dim=8, class_norm=True)

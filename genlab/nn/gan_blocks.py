@@ -133,6 +133,25 @@ class Discriminator(nn.Module):
         return self.head(self.trunk(x), y)  # (B,) raw scores (logits)
 
 
+class ClassBatchNorm2d(nn.Module):
+    """Class-conditional batch norm (de Vries et al. 2017; the generator of Miyato & Koyama 2018
+    and BigGAN): batch statistics without an affine of their own, then a per-class gain and bias,
+    gamma = 1 + embed_gamma(y) and beta = embed_beta(y), both starting at 0 (plain BN at step 0).
+    The class then shapes every resolution of the image, not only the first linear layer."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False, track_running_stats=False)
+        self.gamma = nn.Embedding(num_classes, channels)
+        self.beta = nn.Embedding(num_classes, channels)
+        nn.init.zeros_(self.gamma.weight)
+        nn.init.zeros_(self.beta.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        g, b = 1 + self.gamma(y), self.beta(y)
+        return self.bn(x) * g[:, :, None, None] + b[:, :, None, None]
+
+
 class Generator(nn.Module):
     """z (B, z_dim) [+ class embedding] -> linear -> (channels[-1], h, w) -> x2 upsampling layers
     (BN + ReLU) mirroring the discriminator -> (B, C, H, W) through a sigmoid. An upsampling layer
@@ -140,6 +159,8 @@ class Generator(nn.Module):
     3x3 conv ("nearest": about twice the compute, no period-2 checkerboard artefacts).
     The output is a sigmoid, or ("clamp") a clamp to [0, 1] with a straight-through gradient: a
     sigmoid near 0 or 1 passes almost no gradient, which makes dark backgrounds hard to vary.
+    A conditional generator always concatenates a class embedding to z; `class_norm` also makes
+    every batch norm class-conditional (ClassBatchNorm2d).
 
     Batch norm here always uses the statistics of the batch being generated
     (track_running_stats=False): no running buffers, so sampling in eval mode changes nothing
@@ -148,18 +169,23 @@ class Generator(nn.Module):
 
     def __init__(self, out_shape: list[int], channels: list[int], z_dim: int,
                  num_classes: int = 0, norm: str = "batch", upsample: str = "transposed",
-                 output: str = "sigmoid"):
+                 output: str = "sigmoid", class_norm: bool = False):
         super().__init__()
         c, h, w = out_shape
         sizes = _sizes(h, w, len(channels))
         self.z_dim, self.out_shape = z_dim, list(out_shape)
         self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
+        if class_norm and not (num_classes and norm == "batch"):
+            raise ValueError("class_norm needs a conditional generator (num_classes > 0) with norm 'batch'")
         fh, fw = sizes[-1]
         self.start_shape = (channels[-1], fh, fw)
 
         def norm_act(ch: int) -> list[nn.Module]:
-            bn = [nn.BatchNorm2d(ch, track_running_stats=False)] if norm == "batch" else []
-            return [*bn, nn.ReLU()]
+            if norm != "batch":
+                return [nn.ReLU()]
+            bn = (ClassBatchNorm2d(ch, num_classes) if class_norm
+                  else nn.BatchNorm2d(ch, track_running_stats=False))
+            return [bn, nn.ReLU()]
 
         self.fc = nn.Linear(z_dim * (2 if num_classes else 1), channels[-1] * fh * fw)
         layers: list[nn.Module] = norm_act(channels[-1])
@@ -181,7 +207,9 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
             z = torch.cat([z, self.embed(y)], 1)
-        x = self.body(self.fc(z).view(z.shape[0], *self.start_shape))
+        x = self.fc(z).view(z.shape[0], *self.start_shape)
+        for layer in self.body:
+            x = layer(x, y) if isinstance(layer, ClassBatchNorm2d) else layer(x)
         if self.output == "clamp":  # straight-through: the value is clamped, the gradient is not
             x = x + (x.clamp(0, 1) - x).detach()
         return x  # (B, C, H, W) in [0, 1]
