@@ -89,7 +89,7 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
 
 
 def test_help_explains_every_option_with_an_example(capsys):
-    for cmd in (["train"], ["data", "brain"], ["export"], ["list"]):
+    for cmd in (["train"], ["data", "brain"], ["export"], ["list"], ["cas"]):
         assert main([*cmd, "--help"]) == 0
         text = capsys.readouterr().out
         assert "Example" in text, cmd

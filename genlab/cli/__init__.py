@@ -1,7 +1,7 @@
 """The `genlab` command line: this package's __init__ only assembles the commands.
 
 Each command lives in its own module (train, data, export, list, eval/predict/explain, probe,
-sample, play, serve); what they share is in genlab.cli.common. Nothing else in genlab imports
+cas, sample, play, serve); what they share is in genlab.cli.common. Nothing else in genlab imports
 this package. A problem with the user's input prints one line starting with 'error:' and exits
 with code 2; genlab never answers bad input with a traceback.
 """
@@ -20,7 +20,7 @@ def build() -> click.Group:
     """The `genlab` click group with every command attached."""
     # Imported here, not at the top: importing a submodule runs this __init__ first, so
     # top-level imports of the submodules would tie each of them to all the others.
-    from genlab.cli import classifier, data, export, listing, play, probe, sample, serve, train
+    from genlab.cli import cas, classifier, data, export, listing, play, probe, sample, serve, train
     from genlab.cli.common import CONTEXT
 
     @click.group(context_settings=CONTEXT)
@@ -34,7 +34,7 @@ def build() -> click.Group:
           tensorboard --logdir runs
         """
 
-    for module in (train, data, export, listing, classifier, probe, sample, play, serve):
+    for module in (train, data, export, listing, classifier, probe, cas, sample, play, serve):
         for command in module.COMMANDS:
             cli.add_command(command)
     return cli

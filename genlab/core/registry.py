@@ -16,6 +16,7 @@ _MODULES = (
     "genlab.data.brain",
     "genlab.data.digits",
     "genlab.data.folders",
+    "genlab.data.generated",
     "genlab.data.torchvision_sets",
     "genlab.data.maze_source",
     "genlab.families.ae",
