@@ -322,3 +322,27 @@ def test_class_norm_starts_as_plain_batch_norm_and_then_follows_the_class(tmp_pa
         torch.testing.assert_close(load_generator(tmp_path / "g")(z, y), after, rtol=0, atol=0)
     with pytest.raises(ValueError, match="class_norm"):
         Generator(shape, gan_widths(28, 28, 4, 16), z_dim=8, class_norm=True)
+
+
+def test_conditional_mode_seeking_pairs_share_a_class():
+    """The mode-seeking term pairs example i with i + B/2; in a conditional step both must be
+    drawn for one class, or the class difference alone would satisfy the term."""
+    from genlab.families.gan import same_class_pairs
+
+    for y in (torch.tensor([0, 1, 2, 3, 3, 2, 1, 0]), torch.tensor([2, 0, 1, 3, 1, 0, 2])):
+        p, h = same_class_pairs(y), len(y) // 2
+        assert p.shape == y.shape and torch.equal(p[:h], p[h:2 * h]) and torch.equal(p[:h], y[:h])
+
+
+def test_conditional_minibatch_std_sees_only_variety_within_a_class():
+    """A conditional D's minibatch-std feature: one image per class (a G that ignores its noise)
+    gives 0 however different the classes are; real variety inside a class gives more than 0."""
+    head = DiscHead(6, num_classes=2, mbstd=4)
+    y = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    per_class = torch.randn(2, 6) * 5
+    collapsed = per_class[y]
+    spread = head.minibatch_std(head.class_residual(collapsed, y, 2), 4)
+    assert float(spread.abs().max()) < 1e-3
+    varied = collapsed + torch.randn(8, 6)
+    assert float(head.minibatch_std(head.class_residual(varied, y, 2), 4).min()) > 0.1
+    assert head(torch.randn(8, 6), y).shape == (8,)

@@ -82,7 +82,8 @@ class GANConfig:
     gp_weight: float = param(10.0, ge=0, help="gradient-penalty weight (loss wgan-gp)")
     g_diversity: float = param(0.0, ge=0, help="mode-seeking term in G's loss (Mao et al. 2019): "
                                "minus this times log(mean |G(z1) - G(z2)| / mean |z1 - z2|) over "
-                               "pairs of the batch, on 4x4-average-pooled images (0: off)")
+                               "pairs of the batch (of one class when conditional), on "
+                               "4x4-average-pooled images (0: off)")
     d_steps: int = param(1, ge=1, help="discriminator updates per generator update (per trainer step)")
     lr_d: float | None = param(None, gt=0, help="discriminator learning rate (null: train.lr); TTUR")
     lr_g: float | None = param(None, gt=0, help="generator learning rate (null: train.lr); TTUR")
@@ -105,6 +106,16 @@ class GANConfig:
         if self.g_class_norm and not (self.conditional and self.g_norm == "batch"):
             raise ValueError(f"g_class_norm: true needs conditional: true and g_norm: batch (got "
                              f"conditional: {self.conditional}, g_norm: {self.g_norm})")
+
+
+def same_class_pairs(y: torch.Tensor) -> torch.Tensor:
+    """Labels for a conditional G step whose mode-seeking pairs (example i of the first half, i
+    of the second) share a class: the first half's labels, twice (plus an odd last one). With the
+    real batch's labels, most pairs differ in class, so the class alone makes them differ and
+    the term stops rewarding variety within a class; a G that draws one image per class then
+    pays nothing for it."""
+    h = y.shape[0] // 2
+    return torch.cat([y[:h], y[:h], y[2 * h:]])
 
 
 @register_family("gan")
@@ -189,6 +200,8 @@ class GAN(Family):
         """One generator update through a frozen D, then the EMA update of G_ema."""
         self.D.requires_grad_(False)
         try:
+            if y is not None and self.cfg.g_diversity > 0 and n >= 2:
+                y = same_class_pairs(y)
             z = self._noise(n, ctx.device)
             with ctx.autocast():
                 fake = self.G(z, y)

@@ -90,7 +90,8 @@ class DiscHead(nn.Module):
     and each example gets the mean over features of its group's standard deviation as one extra
     input to the linear layer. A collapsed generator makes that feature small on fake batches,
     so D can tell and G is pushed to vary. It lives in the head, after the trunk, so the
-    exported trunk stays a per-example function.
+    exported trunk stays a per-example function. With classes it is the std of the features
+    less their class means in the batch (`class_residual`): variety within a class.
     """
 
     def __init__(self, in_features: int, num_classes: int = 0, spectral_norm: bool = False,
@@ -101,6 +102,16 @@ class DiscHead(nn.Module):
         self.out = _maybe_sn(nn.Linear(in_features + (1 if mbstd else 0), 1), spectral_norm)
         self.embed = (_maybe_sn(nn.Embedding(num_classes, in_features), spectral_norm)
                       if num_classes else None)
+
+    @staticmethod
+    def class_residual(h: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """h minus the batch mean of h over the examples of its own class. In a conditional batch
+        the classes differ anyway, so the std of raw features would read a G that draws one image
+        per class as varied; the residual leaves only the variety within each class."""
+        hf = h.float()
+        sums = hf.new_zeros(num_classes, hf.shape[1]).index_add_(0, y, hf)
+        counts = torch.bincount(y, minlength=num_classes).clamp_min(1).to(hf.dtype)
+        return (hf - (sums / counts[:, None])[y]).to(h.dtype)
 
     @staticmethod
     def minibatch_std(h: torch.Tensor, group: int) -> torch.Tensor:
@@ -115,7 +126,11 @@ class DiscHead(nn.Module):
 
     def forward(self, feats: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.act(feats)
-        hin = torch.cat([h, self.minibatch_std(h, self.mbstd)], 1) if self.mbstd else h
+        if self.mbstd:
+            spread = h if self.embed is None else self.class_residual(h, y, self.embed.num_embeddings)
+            hin = torch.cat([h, self.minibatch_std(spread, self.mbstd)], 1)
+        else:
+            hin = h
         score = self.out(hin).squeeze(1)  # (B,)
         if self.embed is not None:
             score = score + (self.embed(y) * h).sum(1)
