@@ -36,6 +36,10 @@ Why this design:
   encodes each image once instead of every step. An encoder of another architecture is used as
   it is (column "backbone"); one trained on another input size gets its own `data.size` (the
   same images, downscaled; column "input").
+- `--lpft NAME` adds a row `NAME/lpft` (LP-FT, Kumar et al. 2022): the NAME row's fine-tuning
+  with the head started as that logistic probe, fitted on the frozen features of the same
+  labelled images (`model.head_init: probe`, C on the same val images) before the first step, so
+  that fine-tuning starts where the probe row ends instead of from a random head.
 - Budgets, in steps of batch 64 (or N when smaller): 600 / 1,200 / 3,000 / 6,000 for 40 / 200 /
   1,000 / 8,000 labels (960 / 384 / 192 / 48 epochs). On unlimited fresh images the recipe's
   scratch run passes 0.75 val accuracy only after ~1,000 steps and still improves at 9,000
@@ -129,6 +133,7 @@ def overrides(args, row: str, n: int, seed: int, shapes: dict) -> list[str]:
         mode = "gradual" if name in args.gradual else "finetune"
         out += (["model.mode=linear_probe"] if row.endswith("/probe") else
                 [f"model.mode={mode}", f"model.encoder_lr_mult={args.encoder_lr_mult}"])
+        out += ["model.head_init=probe"] if row.endswith("/lpft") else []
     return out
 
 
@@ -237,6 +242,9 @@ def main(argv=None) -> int:
                    help="these --init rows fine-tune with model.mode gradual (the head first, then the "
                    "backbone's stages top-down every model.unfreeze_every steps) instead of finetune; "
                    "give the same bundle a second NAME to have both rows")
+    p.add_argument("--lpft", nargs="+", default=[], metavar="NAME",
+                   help="these --init encoders get one more row, NAME/lpft: the NAME row's fine-tuning "
+                   "started from the frozen logistic probe as its head (model.head_init probe, LP-FT)")
     p.add_argument("--eval-points", type=int, help="val evaluations per budget (30; reduced 5)")
     p.add_argument("--patience", type=int, help="early stopping after this many evaluations without "
                    "a better val loss; 0: none (15; reduced 0)")
@@ -273,6 +281,10 @@ def main(argv=None) -> int:
         fail(f"--gradual {' '.join(sorted(set(args.gradual) - set(args.inits)))}: not an --init NAME "
              f"(known: {', '.join(args.inits) or 'none'})")
 
+    if set(args.lpft) - set(args.inits):
+        fail(f"--lpft {' '.join(sorted(set(args.lpft) - set(args.inits)))}: not an --init NAME "
+             f"(known: {', '.join(args.inits) or 'none'})")
+
     import torch
 
     torch.set_num_threads(1)
@@ -287,7 +299,8 @@ def main(argv=None) -> int:
                         *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     if not args.report_only:
         text, sizes = describe_inits(args)
-        grid = ["scratch"] + [r for n in args.inits for r in ([n] if args.no_probe else [n, f"{n}/probe"])]
+        grid = ["scratch"] + [r for n in args.inits for r in ([n] if args.no_probe else [n, f"{n}/probe"])
+                              + ([f"{n}/lpft"] if n in args.lpft else [])]
         todo = [(row, n, s) for n in args.labels for s in args.seeds for row in grid]
         want = {t: overrides(args, *t, sizes) for t in todo}  # a line with other overrides is stale
         rows = [r for r in rows if want.get((r["row"], r["n"], r["seed"])) == r["overrides"]]
@@ -325,8 +338,9 @@ def main(argv=None) -> int:
     notes = "\n" + args.notes.read_text().rstrip() + "\n" if args.notes else ""
     args.md.write_text(markdown(rows, args.recipe.name, args.machine, figure) + notes + "\n")
     classes = getattr(load_recipe(args.recipe).data, "classes", None)
-    plot(rows, args.png, f"{args.recipe.name}: mean ± sd over seeds; dashed: frozen encoder, logistic probe",
-         {"syndrome": 0.25, "lesion": 0.5}.get(classes))
+    title = f"{args.recipe.name}: mean ± sd over seeds; dashed: frozen encoder, logistic probe"
+    title += "; dash-dot: LP-FT" if any(r["row"].endswith("/lpft") for r in rows) else ""
+    plot(rows, args.png, title, {"syndrome": 0.25, "lesion": 0.5}.get(classes))
     print(f"wrote {args.md} and {args.png}")
     return 0
 

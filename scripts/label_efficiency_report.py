@@ -1,6 +1,7 @@
 """The report of scripts/label_efficiency.py: its JSON lines -> Markdown tables and a plot.
 
-A line is one run: {"row": "scratch" | NAME (fine-tuned) | NAME/probe (frozen, logistic probe),
+A line is one run: {"row": "scratch" | NAME (fine-tuned) | NAME/lpft (fine-tuned from the probe's
+head, LP-FT) | NAME/probe (frozen, logistic probe),
 "n": labelled images, "seed", "acc", "lesion_auc", "backbone", "input", "seconds"} and, for
 trained rows, "best_step", "budget", "stopped_early", "batch", "eval_every", "patience".
 Differences to scratch are paired by seed: only the seeds both rows have enter them.
@@ -44,14 +45,18 @@ def summarise(rows: list[dict]) -> dict:
     return {"cells": cells, "diffs": diffs, "conv": conv}
 
 
+KINDS = {"": "fine-tuned", "lpft": "LP-FT", "probe": "frozen, logistic probe"}  # in table order
+
+
 def row_order(rows: list[dict]) -> list[str]:
     names = list(dict.fromkeys(r["row"] for r in rows))
-    return sorted(names, key=lambda r: (r != "scratch", r.split("/")[0], r.endswith("/probe")))
+    kinds = list(KINDS)
+    return sorted(names, key=lambda r: (r != "scratch", r.split("/")[0], kinds.index(r.partition("/")[2])))
 
 
 def row_label(row: str) -> str:
-    return ("scratch" if row == "scratch" else f"{row[:-6]}: frozen, logistic probe"
-            if row.endswith("/probe") else f"{row}: fine-tuned")
+    name, _, kind = row.partition("/")
+    return "scratch" if row == "scratch" else f"{name}: {KINDS[kind]}"
 
 
 def markdown(rows: list[dict], recipe: str, machine: str, figure: str) -> str:
@@ -73,7 +78,9 @@ def markdown(rows: list[dict], recipe: str, machine: str, figure: str) -> str:
             "over the seeds. Labelled sets are class-balanced and nested; within a seed every "
             "initialisation sees the same labelled, validation and test images. Fine-tuned rows "
             "start from the encoder; probe rows fit a logistic regression on its frozen output "
-            "(C chosen on the validation images)."), ""]
+            "(C chosen on the validation images)."
+            + (" LP-FT rows fine-tune from the encoder with that probe as the starting head "
+               "(`model.head_init: probe`)." if any(r["row"].endswith("/lpft") for r in rows) else "")), ""]
     if trained:
         r0 = next(iter(trained.values()))
         out += ["**Budget.** " + ", ".join(f"{n:,} labels: {r['budget']:,} steps of batch {r['batch']}"
@@ -97,7 +104,7 @@ def markdown(rows: list[dict], recipe: str, machine: str, figure: str) -> str:
     out += ["## Paired difference to scratch (same seed: same images)", "",
             "Per seed: row − scratch; `k/n > 0`: seeds where the row is better.", "",
             "| initialisation | labels | Δ accuracy | per seed | > 0 | Δ lesion AUC | per seed | > 0 |",
-            "|---|---:|---:|---|---:|---:|---|---:|"]
+            "|---|---:|---:|---|---:|---:|---|---:|"] if diffs else []  # scratch alone: no table
     for row in order[1:] if order and order[0] == "scratch" else order:
         for n in ns:
             d = diffs.get((row, n))
@@ -149,7 +156,7 @@ def plot(rows: list[dict], path: Path, title: str, chance_acc: float | None = No
             ns = sorted(n for (r, n) in cells if r == row)
             mean, sd = ([cells[(row, n)][m][i] for n in ns] for i in (0, 1))
             ax.errorbar(ns, mean, yerr=sd, marker="o", capsize=3, label=row_label(row),
-                        ls="--" if row.endswith("/probe") else "-")
+                        ls={"probe": "--", "lpft": "-."}.get(row.partition("/")[2], "-"))
         chance = chance_acc if m == "acc" else 0.5
         if chance is not None:
             ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance")

@@ -73,7 +73,7 @@ def test_brain_labelled_split(classes):
 def _args(bundle):
     return SimpleNamespace(labels=[8, 16], budgets={8: 4, 16: 6}, eval_points=3, patience=2, pool=200,
                            val_size=16, test_size=16, device="cpu", batch_size=64, lr=None, set=list(SMALL),
-                           inits={"enc": bundle}, encoder_lr_mult=0.1, gradual=[])
+                           inits={"enc": bundle}, encoder_lr_mult=0.1, gradual=[], lpft=[])
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_same_images_for_every_initialisation_of_a_seed(bundle):
         return [d.get(s, torch.arange(d.size(s)))["x"] for s in ("train", "val", "test")]
 
     ref = images("scratch", 0)
-    for row in ("enc", "enc/probe"):
+    for row in ("enc", "enc/probe", "enc/lpft"):
         assert all(torch.equal(a, b) for a, b in zip(ref, images(row, 0)))
     assert not any(torch.equal(a, b) for a, b in zip(ref, images("scratch", 1)))
     # an encoder trained on another input size sees the same images at its size
@@ -127,6 +127,15 @@ def test_summary_and_table_on_known_results(tmp_path):
     md = report.markdown(rows, "lesion_brain.yaml", "test", "le.png")
     assert "| enc: fine-tuned | 40 | +0.100 ± 0.100 | +0.100 +0.000 +0.200 | 2/3 |" in md
     assert "0.600 ± 0.100" in md and "**at end**" in md and "enc: frozen, logistic probe" in md
+    assert "LP-FT" not in md  # no LP-FT rows, no word of them
+    # LP-FT rows: between the fine-tuned and the probe rows, paired with scratch like the others
+    rows += [_row("enc/lpft", 40, s, a, 0.8, 90) for s, a in ((0, 0.8), (1, 0.7), (2, 0.8))]
+    assert report.row_order(rows) == ["scratch", "enc", "enc/lpft", "enc/probe"]
+    md = report.markdown(rows, "lesion_brain.yaml", "test", "le.png")
+    assert "| enc: LP-FT | 40 | +0.167 ± 0.115 | +0.300 +0.100 +0.100 | 3/3 |" in md
+    assert "LP-FT rows fine-tune from the encoder with that probe as the starting head" in md
+    report.plot(rows, tmp_path / "le.png", "t", 0.25)
+    assert (tmp_path / "le.png").stat().st_size > 0
 
 
 def test_end_to_end_writes_lines_and_table_and_resumes(tmp_path, bundle, capsys):
@@ -154,6 +163,16 @@ def test_end_to_end_writes_lines_and_table_and_resumes(tmp_path, bundle, capsys)
     with pytest.raises(SystemExit) as e:
         le.main(["--init", "enc", "--report-only"])
     assert e.value.code == 2
+    # --lpft adds one row per label count and seed; the rows already there are not trained again
+    assert le.main([*argv, "--lpft", "enc"]) == 0
+    assert "2 runs to do (6 done" in capsys.readouterr().out
+    lines = [json.loads(x) for x in (out / "r.jsonl").read_text().splitlines()]
+    assert sorted((r["row"], r["n"]) for r in lines[6:]) == [("enc/lpft", 8), ("enc/lpft", 16)]
+    assert all("model.head_init=probe" in r["overrides"] and r["curve"] for r in lines[6:])
+    assert "| enc: LP-FT | 8 |" in (out / "le.md").read_text()
+    with pytest.raises(SystemExit) as e:
+        le.main([*argv, "--lpft", "other"])
+    assert e.value.code == 2 and "--lpft other: not an --init NAME" in capsys.readouterr().err
 
 
 def test_gradual_rows_fine_tune_with_the_gradual_mode(bundle):
@@ -163,3 +182,14 @@ def test_gradual_rows_fine_tune_with_the_gradual_mode(bundle):
     args.gradual = ["enc"]
     assert "model.mode=gradual" in le.overrides(args, "enc", 16, 0, shapes)
     assert "model.mode=linear_probe" in le.overrides(args, "enc/probe", 16, 0, shapes)  # probe row unchanged
+
+
+def test_lpft_row_is_the_fine_tuned_row_with_the_probe_as_its_head(bundle):
+    args = _args(bundle)
+    shapes = {"scratch": [32, 24], "enc": [32, 24]}
+    for gradual in ([], ["enc"]):
+        args.gradual = gradual
+        assert le.overrides(args, "enc/lpft", 16, 0, shapes) == [*le.overrides(args, "enc", 16, 0, shapes),
+                                                                  "model.head_init=probe"]
+    assert not any("head_init" in o for row in ("scratch", "enc", "enc/probe")
+                   for o in le.overrides(args, row, 16, 0, shapes))

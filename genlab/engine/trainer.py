@@ -65,6 +65,8 @@ class Trainer:
         # Build everything that can fail on user input before a run directory exists.
         self.data = get_dataset(recipe.data_name)(recipe.data, recipe.seed, self.device)
         self.model = get_family(recipe.family)(recipe.model, self.data.info).to(self.device)
+        if resume_dir is None:  # a fresh run: the family's one look at the data before step 0
+            self.model.on_fit_start(self.data, self.device)
         if tc.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         # The family sees the per-rank batch (what one process puts through its nets per step);

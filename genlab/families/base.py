@@ -16,7 +16,8 @@ finite-loss checks, progress, TensorBoard, checkpoints and the encoder export.
 
 Optional hooks with defaults here: `histograms(batch)`, `summarize(collected)` (whole-split
 metrics: `evaluate` outputs with a batch dimension are concatenated over the split and passed
-in), `monitor = ("loss", "min")` (the val metric that picks best.pt and drives early stopping).
+in), `monitor = ("loss", "min")` (the val metric that picks best.pt and drives early stopping),
+`on_fit_start(data, device)` (once, before the first step of a fresh run).
 
 Capabilities are declared, never guessed with hasattr: the trainer and the commands read
 `capabilities` and refuse a request the family cannot serve with one clear line. Each name
@@ -160,6 +161,12 @@ class Family(nn.Module):
     def histograms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Activation tensors worth a TensorBoard histogram (weights are logged by the trainer)."""
         return {}
+
+    def on_fit_start(self, data, device: torch.device) -> None:
+        """Called once by the trainer before the first step of a fresh run (never on a resume,
+        which restores the weights), with the run's data source: a family that fits part of
+        itself on the data before training (the classifier's probe-fitted head) does it here.
+        Draw no numbers from the global random streams (fork them), or the run's steps change."""
 
     def set_rank(self, rank: int, world_size: int) -> None:
         """Called once by the trainer under data parallelism, right after the family is built:

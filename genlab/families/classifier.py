@@ -17,6 +17,11 @@ Modes (what trains, `mode:`):
     gradual       head only for `unfreeze_every` steps, then one more backbone stage from the top
                   every `unfreeze_every` steps (ULMFiT-style); unfrozen stages at lr x encoder_lr_mult
 
+Head start (`head_init:`): random, or probe: before the first step of a fresh run the linear head
+is fitted as a logistic probe on the frozen features of the labelled training images (C chosen
+on val) and training goes on from it, the mode deciding what trains: LP-FT with `finetune`
+(genlab.families.head_init; a resume restores the head and fits nothing).
+
 `freeze: [block1, features.1.0, ...]` freezes those backbone layers on top of the mode, by the
 names of genlab.nn.layer_names.named_layers (`genlab probe RUN --list-layers` prints them): their
 parameters are never trainable nor handed to the optimizer, and they stay in eval mode (frozen
@@ -75,6 +80,11 @@ class ClassifierConfig:
     mode: Literal["scratch", "linear_probe", "finetune", "gradual"] = param(
         "scratch", help="what trains: all from scratch; head only; all with a backbone lr multiplier; "
         "head then backbone stages top-down")
+    head_init: Literal["random", "probe"] = param(
+        "random", help="where the linear head starts: random, or probe: a logistic regression fitted "
+        "on the frozen features of the labelled training images before step 0 (LP-FT with finetune)")
+    head_init_max_images: int = param(10_000, ge=2, help="head_init probe: at most this many train "
+                                      "(and val, to choose C) images")
     encoder_lr_mult: float = param(0.1, gt=0, help="backbone lr = train.lr x this (finetune, gradual)")
     unfreeze_every: int = param(200, ge=1, help="gradual: steps between unfreezing backbone stages")
     allow_shape_mismatch: bool = param(False, help="init: rebuild the encoder for the data's input "
@@ -123,6 +133,9 @@ class ClassifierConfig:
             raise ValueError(f"channels: not used by backbone {self.name!r}")
         if self.stem_stride != 1 and self.name in ("resnet18", "encoder"):
             raise ValueError(f"stem_stride: not used by backbone {self.name!r}")
+        if self.head_init == "probe" and self.head:
+            raise ValueError(f"head_init: 'probe' fits a linear head, but head has dense layers "
+                             f"{self.head}; set head: [] or head_init: random")
         if len(self.clahe_grid) != 2:
             raise ValueError(f"clahe_grid: expected [rows, cols], got {self.clahe_grid}")
 
@@ -229,6 +242,13 @@ class Classifier(Family):
             return {"main": build_optimizer(head + body, train)}
         groups = [{"params": head}, {"params": body, "lr": train.lr * self.cfg.encoder_lr_mult}]
         return {"main": build_optimizer([g for g in groups if g["params"]], train)}
+
+    def on_fit_start(self, data, device: torch.device) -> None:
+        """head_init probe: the head starts as the logistic probe of the frozen features."""
+        if self.cfg.head_init == "probe":
+            from genlab.families.head_init import describe, probe_head
+
+            print(describe(probe_head(self, data, device, self.cfg.head_init_max_images)), flush=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))  # (B, K) logits

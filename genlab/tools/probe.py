@@ -38,11 +38,19 @@ from torch import nn
 
 from genlab.core.errors import GenlabError
 
-DEFAULT_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-CLASSIFIERS = ("svm", "logreg")
-CLF_ALIASES = {"linear_svm": "svm"}  # the same LinearSVC
+# the fit itself (C on val, an SVM's temperature) lives in genlab.metrics.linear_probe, where the
+# classifier's LP-FT head (genlab.families.head_init) uses it too; re-exported for the probe's callers
+from genlab.metrics.linear_probe import (
+    CLASSIFIERS,
+    CLF_ALIASES,
+    DEFAULT_C_GRID,
+    NORMS,
+    ProbeResult,
+    fit,
+    fit_temperature,
+)
+
 POOLS = ("none", "mean", "max", "meanmax")
-NORMS = ("standard", "l2", "power_l2")
 
 
 @dataclass
@@ -161,113 +169,6 @@ def extract(src: ProbeSource, split: str, n: int | None, pool: str = "none",
         if hook is not None:
             hook.remove()
     return torch.cat(feats).numpy(), torch.cat(ys).numpy()
-
-
-def _pipeline(clf: str, c: float, pca: int | None, seed: int, norm: str = "standard"):
-    from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
-    from sklearn.svm import LinearSVC
-
-    if norm == "standard":
-        steps = [StandardScaler()]
-    elif norm == "l2":
-        steps = [Normalizer()]
-    else:
-        steps = [FunctionTransformer(_signed_sqrt), Normalizer()]
-    if pca is not None:
-        steps.append(PCA(n_components=pca, random_state=seed))
-    if clf == "svm":
-        steps.append(LinearSVC(C=c, max_iter=5000, random_state=seed))
-    else:
-        steps.append(LogisticRegression(C=c, max_iter=2000))
-    return make_pipeline(*steps)
-
-
-def _signed_sqrt(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.sqrt(np.abs(x))
-
-
-def _scores(model, x: np.ndarray) -> np.ndarray:
-    """(N, K) decision scores; a binary model's 1-D score d becomes [0, d]."""
-    d = np.asarray(model.decision_function(x), dtype=np.float64)
-    return np.stack([np.zeros_like(d), d], 1) if d.ndim == 1 else d
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
-    """T minimising the NLL of softmax(scores / T) (a log grid, then a local refinement)."""
-    def nll(t: float) -> float:
-        p = _softmax(scores / t)
-        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
-
-    grid = np.logspace(-3, 3, 61)
-    best = min(grid, key=nll)
-    fine = best * np.logspace(-0.1, 0.1, 21)
-    return float(min(fine, key=nll))
-
-
-@dataclass
-class ProbeResult:
-    model: object
-    classifier: str
-    c: float
-    val_accuracy: dict[float, float]
-    temperature: float | None
-    classes: np.ndarray
-
-    def predict_proba(self, x: np.ndarray, num_classes: int) -> np.ndarray:
-        """(N, num_classes) probabilities; classes absent from training get 0."""
-        if self.classifier == "logreg":
-            p = self.model.predict_proba(x)
-        else:
-            p = _softmax(_scores(self.model, x) / self.temperature)
-        full = np.zeros((len(x), num_classes))
-        full[:, self.classes] = p
-        return full
-
-
-def fit(clf: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-        pca: int | None = None, c_grid=DEFAULT_C_GRID, seed: int = 0, norm: str = "standard") -> ProbeResult:
-    """Fit the probe for every C, keep the best on val (see the module docstring)."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    clf = CLF_ALIASES.get(clf, clf)
-    if clf not in CLASSIFIERS:
-        raise GenlabError(f"--clf {clf}: expected one of {', '.join([*CLASSIFIERS, *CLF_ALIASES])}")
-    if norm not in NORMS:
-        raise GenlabError(f"--norm {norm}: expected one of {', '.join(NORMS)}")
-    classes = np.unique(y_train)
-    if len(classes) < 2:
-        raise GenlabError(f"the training images hold only class {classes.tolist()}; a probe needs at "
-                          f"least two classes (raise --n-train)")
-    if pca is not None and pca > min(x_train.shape):
-        raise GenlabError(f"--pca {pca}: at most min(training images, feature size) = "
-                          f"min({x_train.shape[0]}, {x_train.shape[1]}) = {min(x_train.shape)} components")
-    val_acc: dict[float, float] = {}
-    best, best_c = None, None
-    for c in sorted(float(v) for v in c_grid):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            m = _pipeline(clf, c, pca, seed, norm).fit(x_train, y_train)
-        acc = float((m.predict(x_val) == y_val).mean())
-        val_acc[c] = acc
-        if best is None or acc > val_acc[best_c] + 1e-12:
-            best, best_c = m, c
-    temp = None
-    if clf == "svm":
-        known = np.isin(y_val, classes)
-        col = np.searchsorted(classes, y_val[known])
-        temp = fit_temperature(_scores(best, x_val[known]), col) if known.any() else 1.0
-    return ProbeResult(best, clf, best_c, val_acc, temp, classes)
 
 
 def describe(pool: str, pca: int | None, feat_dim: int, norm: str = "standard") -> str:
