@@ -163,3 +163,21 @@ def test_sample_on_a_classifier_run_exits_2_with_one_line(tmp_path, capsys):
     assert main(["sample", str(tmp_path), "--out", str(tmp_path / "grid.png")]) == 2
     err = capsys.readouterr().err
     assert "not a genlab run folder" in err and err.count("\n") == 1
+
+
+def test_sample_per_class_draws_one_row_per_class(gibbs_runs, tmp_path, capsys):
+    """A conditional GAN's grid, one row per class in order; an unconditional model refuses."""
+    from PIL import Image
+
+    out = tmp_path / "runs"
+    assert main(["train", str(ROOT / "recipes" / "gan_digits.yaml"), "--out", str(out), "--quiet", *FAST,
+                 "--set", "model.conditional=true"]) == 0
+    run = next((out / "gan_digits").iterdir())
+    grid = tmp_path / "rows.png"
+    assert main(["sample", str(run), "--per-class", "--n", "3", "--out", str(grid)]) == 0
+    assert "3 samples of each class, one row per class" in capsys.readouterr().out
+    with Image.open(grid) as im:  # 10 digit classes x 3 samples of 8 x 8 (+ padding)
+        assert im.size[1] > 3 * im.size[0]
+    assert main(["sample", str(run), "--per-class", "--class", "3", "--out", str(grid)]) == 2
+    assert main(["sample", str(gibbs_runs["rbm_digits"]), "--per-class", "--out", str(grid)]) == 2
+    assert "unconditional" in capsys.readouterr().err

@@ -15,8 +15,10 @@ from genlab.core.errors import GenlabError
 
 
 def sample_run(run_dir: Path, n: int, out: Path, class_name: str | None = None, seed: int = 0,
-               device: str = "cpu", nrow: int = 8) -> Path:
-    """Write an n-image grid from the run's sampler to `out` (PNG); returns `out`."""
+               device: str = "cpu", nrow: int = 8, per_class: bool = False) -> Path:
+    """Write an n-image grid from the run's sampler to `out` (PNG); returns `out`. With
+    `per_class` (conditional models), n images of each class, one row per class, drawn in one
+    batch (as in training, where a batch mixes the classes)."""
     import torch
 
     from genlab.engine.runs import load_run
@@ -27,7 +29,15 @@ def sample_run(run_dir: Path, n: int, out: Path, class_name: str | None = None, 
     model, names = run.model, list(run.info.class_names)
     require(model, "sample", "genlab sample")
     labels = None
-    if class_name is not None:
+    if per_class:
+        if class_name is not None:
+            raise GenlabError("--per-class draws every class; leave out --class")
+        if not model.conditional:
+            raise GenlabError("--per-class: this model is unconditional (train it with "
+                              "model.conditional: true to draw one row per class)")
+        labels = torch.arange(len(names)).repeat_interleave(n)
+        n, nrow = len(labels), n
+    elif class_name is not None:
         if not model.conditional:
             raise GenlabError(f"--class {class_name}: this model is unconditional (train it with "
                               f"model.conditional: true to sample one class)")
@@ -50,8 +60,10 @@ def sample_run(run_dir: Path, n: int, out: Path, class_name: str | None = None, 
               help="Seed of the noise (the same seed gives the same grid). Example: --seed 1")
 @click.option("--nrow", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per row. Example: --nrow 16")
+@click.option("--per-class", is_flag=True, help="A conditional model's N samples of each class, one "
+              "row per class (classes in order). Example: --per-class --n 8")
 @device_option("Device used to rebuild the model. Example: --device cpu")
-def sample(run_dir, n, out, class_name, seed, nrow, device):
+def sample(run_dir, n, out, class_name, seed, nrow, per_class, device):
     """Write a grid of N samples from RUN_DIR's model to a PNG: a GAN's EMA generator, an
     RBM/DBN's Gibbs chains.
 
@@ -61,10 +73,12 @@ def sample(run_dir, n, out, class_name, seed, nrow, device):
     Examples:
       genlab sample runs/gan_brain/20260101-120000 --n 64 --out grid.png
       genlab sample runs/gan_brain/20260101-120000-cond --n 32 --out b.png --class B
+      genlab sample runs/cgan_brain_easy/20260101-120000 --per-class --n 8 --out rows.png
       genlab sample runs/dbn_digits/20260101-120000 --n 64 --out dbn.png
     """
-    path = sample_run(run_dir, n, out, class_name, seed, device, nrow)
-    click.echo(f"wrote {n} samples to {path}")
+    path = sample_run(run_dir, n, out, class_name, seed, device, nrow, per_class)
+    what = f"{n} samples of each class, one row per class," if per_class else f"{n} samples"
+    click.echo(f"wrote {what} to {path}")
 
 
 COMMANDS = (sample,)
