@@ -147,15 +147,21 @@ def plot(rows: list[dict], path: Path, title: str, chance_acc: float | None = No
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from matplotlib import colormaps
+
     cells = summarise(rows)["cells"]
-    fig = Figure(figsize=(11, 4.2), dpi=110)
+    fig = Figure(figsize=(13, 4.2), dpi=110)
     FigureCanvasAgg(fig)
+    # one colour per encoder, one line style per way of using it (fine-tuned, probe, LP-FT)
+    encoders = list(dict.fromkeys(row.partition("/")[0] for row in row_order(rows)))
+    colour = dict(zip(encoders, colormaps["tab10"].colors))
     for j, (m, what) in enumerate(METRICS):
         ax = fig.add_subplot(1, 2, j + 1)
         for row in row_order(rows):
             ns = sorted(n for (r, n) in cells if r == row)
             mean, sd = ([cells[(row, n)][m][i] for n in ns] for i in (0, 1))
             ax.errorbar(ns, mean, yerr=sd, marker="o", capsize=3, label=row_label(row),
+                        color=colour[row.partition("/")[0]],
                         ls={"probe": "--", "lpft": "-."}.get(row.partition("/")[2], "-"))
         chance = chance_acc if m == "acc" else 0.5
         if chance is not None:
@@ -165,9 +171,9 @@ def plot(rows: list[dict], path: Path, title: str, chance_acc: float | None = No
         ax.set_xticks(ns, [f"{n:,}" for n in ns])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="center right", fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
 
