@@ -144,10 +144,9 @@ def markdown(rows: list[dict], recipe: str, machine: str, figure: str) -> str:
 
 
 def plot(rows: list[dict], path: Path, title: str, chance_acc: float | None = None) -> None:
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from matplotlib import colormaps
 
     cells = summarise(rows)["cells"]
     fig = Figure(figsize=(13, 4.2), dpi=110)
