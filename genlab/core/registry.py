@@ -20,6 +20,7 @@ _MODULES = (
     "genlab.data.torchvision_sets",
     "genlab.data.maze_source",
     "genlab.families.ae",
+    "genlab.families.atlas",
     "genlab.families.classifier",
     "genlab.families.gan",
     "genlab.families.dqn",

@@ -10,11 +10,13 @@ from collections.abc import Callable
 
 from torch import nn
 
+from genlab.nn.atlas import AtlasEncoder
 from genlab.nn.blocks import ConvEncoder, DenseEncoder
 from genlab.nn.dbn import sigmoid_mlp
 from genlab.nn.gan_blocks import DiscTrunk
 
 ENCODER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "atlas_encoder": AtlasEncoder,
     "conv_encoder": ConvEncoder,
     "dense_encoder": DenseEncoder,
     "gan_disc_trunk": DiscTrunk,
