@@ -29,7 +29,8 @@ Why this design:
   long enough (a best step at the end of the budget means more steps could still help).
 - Initialisations: `scratch` (the recipe's backbone from random weights); for each
   `--init NAME=PATH` (a run folder with export/, or a bundle) a fine-tuned row (model.mode
-  finetune, encoder lr = lr x --encoder-lr-mult) and a frozen linear-probe row `NAME/probe`.
+  finetune, encoder lr = lr x --encoder-lr-mult) and a frozen linear-probe row `NAME/probe`
+  (only the latter with --probe-only NAME).
   The probe is logistic regression on the encoder's output (genlab.tools.probe: standardised
   features, C chosen on the same 500 val images), not model.mode linear_probe: it is convex and
   solved to convergence, so the row measures the features and not an SGD budget or an lr, and it
@@ -245,6 +246,12 @@ def main(argv=None) -> int:
     p.add_argument("--lpft", nargs="+", default=[], metavar="NAME",
                    help="these --init encoders get one more row, NAME/lpft: the NAME row's fine-tuning "
                    "started from the frozen logistic probe as its head (model.head_init probe, LP-FT)")
+    p.add_argument("--probe-only", nargs="+", default=[], metavar="NAME",
+                   help="these --init encoders get only their frozen-probe row NAME/probe (an encoder "
+                   "that is not a backbone to fine-tune, e.g. the atlas's residual statistics)")
+    p.add_argument("--only", nargs="+", default=[], metavar="ROW",
+                   help="run only these rows of the grid (e.g. scratch dae/lpft atlas/probe): an "
+                   "expensive label count for the rows that matter; the report still reads every row")
     p.add_argument("--eval-points", type=int, help="val evaluations per budget (30; reduced 5)")
     p.add_argument("--patience", type=int, help="early stopping after this many evaluations without "
                    "a better val loss; 0: none (15; reduced 0)")
@@ -281,6 +288,11 @@ def main(argv=None) -> int:
         fail(f"--gradual {' '.join(sorted(set(args.gradual) - set(args.inits)))}: not an --init NAME "
              f"(known: {', '.join(args.inits) or 'none'})")
 
+    if set(args.probe_only) - set(args.inits):
+        fail(f"--probe-only {' '.join(sorted(set(args.probe_only) - set(args.inits)))}: not an --init "
+             f"NAME (known: {', '.join(args.inits) or 'none'})")
+    if args.no_probe and args.probe_only:
+        fail("--probe-only and --no-probe: the first keeps only probe rows, the second drops them")
     if set(args.lpft) - set(args.inits):
         fail(f"--lpft {' '.join(sorted(set(args.lpft) - set(args.inits)))}: not an --init NAME "
              f"(known: {', '.join(args.inits) or 'none'})")
@@ -299,8 +311,13 @@ def main(argv=None) -> int:
                         *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     if not args.report_only:
         text, sizes = describe_inits(args)
-        grid = ["scratch"] + [r for n in args.inits for r in ([n] if args.no_probe else [n, f"{n}/probe"])
-                              + ([f"{n}/lpft"] if n in args.lpft else [])]
+        grid = ["scratch"] + [r for n in args.inits for r in (
+            [f"{n}/probe"] if n in args.probe_only else
+            ([n] if args.no_probe else [n, f"{n}/probe"]) + ([f"{n}/lpft"] if n in args.lpft else []))]
+        if set(args.only) - set(grid):
+            fail(f"--only {' '.join(sorted(set(args.only) - set(grid)))}: not a row of this study "
+                 f"(rows: {', '.join(grid)})")
+        grid = [r for r in grid if r in args.only] if args.only else grid
         todo = [(row, n, s) for n in args.labels for s in args.seeds for row in grid]
         want = {t: overrides(args, *t, sizes) for t in todo}  # a line with other overrides is stale
         rows = [r for r in rows if want.get((r["row"], r["n"], r["seed"])) == r["overrides"]]
