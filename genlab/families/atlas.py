@@ -70,7 +70,7 @@ class AtlasConfig:
 
 @register_family("atlas")
 class AtlasFamily(Family):
-    """A template image and a pose net; the encoder is the statistics of the residual."""
+    """Learned atlas: a template warped and re-lit to each image; encoder = statistics of the residual."""
     capabilities = frozenset({"encode"})
 
     Config = AtlasConfig
