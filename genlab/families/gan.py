@@ -10,6 +10,13 @@ options below (d_mbstd, g_diversity); recipes/gan_digits.yaml is the classic DCG
 Losses: ns (non-saturating), hinge, wgan-gp; their formulas are in genlab.nn.gan_losses.
 Against mode collapse, optionally: a minibatch-std feature in D's head (`d_mbstd`) and a
 mode-seeking term in G's loss, - g_diversity * log(mean |G(z1) - G(z2)| / mean |z1 - z2|).
+For conditional runs whose classes differ in small details (the brain tumours), optionally:
+an auxiliary classifier on D (`ac_weight`, AC-GAN): D's loss adds its cross-entropy on the real
+images (`ac_fakes`: also on the fakes, as their class or as an extra "generated" one), G's the
+cross-entropy of that head on its fakes against their class, so D must learn what separates
+the classes and G must draw it; against a D that overfits or wins, the R1 penalty on real
+images (`r1_gamma`, lazily every `r1_every` steps) and DiffAugment (`d_augment`,
+genlab.nn.gan_augment) on both D inputs.
 
 Scores (`summarize`, over the evaluated split, from the EMA generator): features come from a
 fixed judge, `fid_extractor` (an exported genlab encoder trained on the same data) or, when
@@ -30,20 +37,20 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from genlab.core.errors import RecipeError
 from genlab.core.registry import register_family
-from genlab.core.schema import param
 from genlab.data.base import DataInfo
 from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
+from genlab.families.gan_config import GANConfig
 from genlab.families.gan_judge import judge_name
 from genlab.families.gan_scores import LesionScores, frechet_and_pr
 from genlab.metrics import generative as gen_metrics
+from genlab.nn.gan_augment import diff_augment
 from genlab.nn.gan_blocks import Discriminator, Generator, gan_widths, save_generator
 from genlab.nn.gan_losses import (
     d_loss_fn,
@@ -51,6 +58,7 @@ from genlab.nn.gan_losses import (
     g_loss_fn,
     gradient_penalty,
     mode_seeking_ratio,
+    r1_penalty,
     random_conv_judge,
 )
 from genlab.nn.optim import build_optimizer
@@ -59,53 +67,6 @@ from genlab.viz.render import image_grid, tile_kernels
 FIXED_NOISE_SEED = 1234  # the render grid's noise: the same at every render of every run
 D_WINS_LOSS, D_WINS_STEPS = 0.05, 200  # warn when the D loss stays below this for this many steps
 COLLAPSE_RECALL, COLLAPSE_DIVERSITY = 0.2, 0.5  # warn when recall or diversity falls below
-
-
-@dataclass
-class GANConfig:
-    loss: Literal["ns", "hinge", "wgan-gp"] = param("hinge", help="adversarial loss: non-saturating, "
-                                                    "hinge, or Wasserstein with gradient penalty")
-    z_dim: int = param(64, ge=1, help="size of the generator's noise vector")
-    g_width: int = param(16, ge=1, help="generator channels at full resolution, doubling per layer")
-    d_width: int = param(16, ge=1, help="discriminator channels of the first conv, doubling per layer")
-    max_width: int = param(256, ge=1, help="cap on the channels of any layer")
-    features: int = param(128, ge=1, help="discriminator trunk output: the exported feature vector")
-    g_norm: Literal["batch", "none"] = param("batch", help="generator normalisation (batch: "
-                                             "statistics of the generated batch, also when sampling)")
-    g_upsample: Literal["transposed", "nearest"] = param("nearest", help="generator x2 layers: "
-                                                         "4x4 transposed conv, or nearest resize + 3x3 conv")
-    g_output: Literal["sigmoid", "clamp"] = param("sigmoid", help="generator output: sigmoid, or a "
-                                                  "clamp to [0, 1] with a straight-through gradient")
-    spectral_norm: bool = param(True, help="spectral normalisation of every discriminator layer")
-    d_mbstd: int = param(0, ge=0, help="minibatch-std feature in D's head: group size (0: off); "
-                         "lets D see a batch's lack of variety, against mode collapse")
-    gp_weight: float = param(10.0, ge=0, help="gradient-penalty weight (loss wgan-gp)")
-    g_diversity: float = param(0.0, ge=0, help="mode-seeking term in G's loss (Mao et al. 2019): "
-                               "minus this times log(mean |G(z1) - G(z2)| / mean |z1 - z2|) over "
-                               "pairs of the batch (of one class when conditional), on "
-                               "4x4-average-pooled images (0: off)")
-    d_steps: int = param(1, ge=1, help="discriminator updates per generator update (per trainer step)")
-    lr_d: float | None = param(None, gt=0, help="discriminator learning rate (null: train.lr); TTUR")
-    lr_g: float | None = param(None, gt=0, help="generator learning rate (null: train.lr); TTUR")
-    ema_decay: float = param(0.999, ge=0, lt=1, help="EMA of generator weights, used for samples "
-                             "and scores: beta_t = min(ema_decay, (1+t)/(10+t)); 0: no averaging")
-    conditional: bool = param(False, help="class-conditional G (label embedding) and projection D")
-    g_class_norm: bool = param(False, help="conditional G: every batch norm takes a per-class gain "
-                               "and bias (conditional batch norm), so the class shapes each "
-                               "resolution, not only the input; needs conditional and g_norm batch")
-    fid_extractor: Path | None = param(None, must_exist=True, help="exported encoder bundle used as "
-                                       "the FD judge (null: fixed random-weight conv net 'random_conv')")
-    fid_samples: int = param(500, ge=8, help="samples per set for FD and precision/recall (the split "
-                             "evaluated must hold 2x this; fewer: N/2, reported as fid_samples)")
-    pr_k: int = param(3, ge=1, help="k of the k-NN manifolds for precision/recall")
-    lesion_judge: Path | None = param(None, must_exist=True, help="lesion-judge folder (a frozen "
-                                      "classifier, e.g. judges/lesion_judge_brain): adds FD, "
-                                      "precision/recall, lesion rate and agreement under it")
-
-    def __post_init__(self):
-        if self.g_class_norm and not (self.conditional and self.g_norm == "batch"):
-            raise ValueError(f"g_class_norm: true needs conditional: true and g_norm: batch (got "
-                             f"conditional: {self.conditional}, g_norm: {self.g_norm})")
 
 
 def same_class_pairs(y: torch.Tensor) -> torch.Tensor:
@@ -135,11 +96,14 @@ class GAN(Family):
                             "channels": gan_widths(h, w, cfg.d_width, cfg.max_width),
                             "out_features": cfg.features, "spectral_norm": cfg.spectral_norm}
         self.D = Discriminator(info.input_shape, self._trunk_args["channels"], cfg.features, ncls,
-                               cfg.spectral_norm, cfg.d_mbstd)
+                               cfg.spectral_norm, cfg.d_mbstd, self._ac_outputs(cfg, ncls),
+                               cfg.d_projection)
         self._gen_args = {"out_shape": list(info.input_shape), "z_dim": cfg.z_dim,
                           "num_classes": ncls, "norm": cfg.g_norm, "upsample": cfg.g_upsample,
                           "channels": gan_widths(h, w, cfg.g_width, cfg.max_width),
                           "output": cfg.g_output, "class_norm": cfg.g_class_norm}
+        if cfg.g_full_res:  # only when on: bundles written before the key load as they were
+            self._gen_args["full_res"] = cfg.g_full_res
         self.G = Generator(**self._gen_args)
         # The EMA generator lives in the state_dict (checkpoints hold it); never optimised.
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
@@ -151,6 +115,13 @@ class GAN(Family):
         self.monitor = (f"fid/{self.judge_name}", "min")
         self._d_low = 0  # consecutive steps with the D loss below D_WINS_LOSS
         self._warned: set[str] = set()
+
+    @staticmethod
+    def _ac_outputs(cfg: GANConfig, num_classes: int) -> int:
+        """Logits of the class head: 0 (none), K, or K + 1 (the last one: "generated")."""
+        if cfg.ac_weight == 0:
+            return 0
+        return num_classes + (1 if cfg.ac_fakes == "fake" else 0)
 
     @staticmethod
     def _build_judge(path: Path | None, info: DataInfo):
@@ -180,15 +151,37 @@ class GAN(Family):
             return torch.randn(n, self.cfg.z_dim, device=device)
         return torch.randn(n, self.cfg.z_dim, generator=generator).to(device)
 
+    def _d(self, x: torch.Tensor, y: torch.Tensor | None, with_class: bool):
+        """D on the augmented x (cfg.d_augment): (scores (B,), class logits (B, K) or None)."""
+        out = self.D(diff_augment(x, self.cfg.d_augment), y, with_class)
+        return (out[0].float(), out[1].float()) if with_class else (out.float(), None)
+
     def d_step(self, real: torch.Tensor, y: torch.Tensor | None, ctx: StepContext) -> dict:
         """One discriminator update; G's weights are only read (the fake batch is detached)."""
+        cfg = self.cfg
         with torch.no_grad(), ctx.autocast():
             fake = self.G(self._noise(real.shape[0], real.device), y)
+        r1_now = cfg.r1_gamma > 0 and ctx.step % cfg.r1_every == 0
+        if r1_now:  # the penalty is a gradient with respect to the (un-augmented) real images
+            real = real.detach().requires_grad_(True)
+        ac = cfg.ac_weight > 0
         with ctx.autocast():
-            d_real, d_fake = self.D(real, y).float(), self.D(fake, y).float()
-        loss = d_loss_fn(self.cfg.loss, d_real, d_fake)
+            d_real, cls_real = self._d(real, y, ac)
+            d_fake, cls_fake = self._d(fake, y, ac and cfg.ac_fakes != "off")
+        loss = d_loss_fn(cfg.loss, d_real, d_fake)
         out = {"d_loss": loss.detach(), "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
-        if self.cfg.loss == "wgan-gp":
+        if ac:  # AC-GAN: D's class head learns the real labels (and the fakes' classes)
+            ce = F.cross_entropy(cls_real, y)
+            out.update(d_ac=ce.detach(), d_ac_acc=(cls_real.argmax(1) == y).float().mean())
+            if cfg.ac_fakes != "off":  # their class, or the extra "generated" class K
+                target = y if cfg.ac_fakes == "class" else torch.full_like(y, self.info.num_classes)
+                ce = ce + F.cross_entropy(cls_fake, target)
+            loss = loss + cfg.ac_weight * ce
+        if r1_now:  # lazy: every r1_every steps, scaled by r1_every
+            r1 = r1_penalty(d_real, real)
+            loss = loss + cfg.r1_every * cfg.r1_gamma / 2 * r1
+            out["r1"] = r1.detach()
+        if cfg.loss == "wgan-gp":
             eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
             gp = gradient_penalty(lambda x: self.D(x, y).float(), real, fake.float(), eps)
             loss = loss + self.cfg.gp_weight * gp
@@ -203,11 +196,16 @@ class GAN(Family):
             if y is not None and self.cfg.g_diversity > 0 and n >= 2:
                 y = same_class_pairs(y)
             z = self._noise(n, ctx.device)
+            ac = self.cfg.ac_weight > 0
             with ctx.autocast():
                 fake = self.G(z, y)
-                d_fake = self.D(fake, y).float()
+                d_fake, cls_fake = self._d(fake, y, ac)
             loss = g_loss_fn(self.cfg.loss, d_fake)
             out = {"g_loss": loss.detach()}
+            if ac:  # AC-GAN: G draws what D's class head reads as the conditioning class
+                ce = F.cross_entropy(cls_fake, y)
+                loss = loss + self.cfg.ac_weight * ce
+                out.update(g_ac=ce.detach(), g_ac_acc=(cls_fake.argmax(1) == y).float().mean())
             if self.cfg.g_diversity > 0 and n >= 2:
                 ms = mode_seeking_ratio(fake.float(), z)
                 loss = loss - self.cfg.g_diversity * torch.log(ms)

@@ -1,11 +1,13 @@
 """The GAN family's losses and small helpers: adversarial losses, the WGAN gradient penalty, the
-mode-seeking ratio, the EMA ramp and the fixed random-weight judge.
+R1 penalty, the mode-seeking ratio, the EMA ramp and the fixed random-weight judge.
 
 Losses (D(x) is a raw score, "logit"):
     ns       D: softplus(-D(x)) + softplus(D(G(z)))        G: softplus(-D(G(z)))  (non-saturating)
     hinge    D: relu(1 - D(x)) + relu(1 + D(G(z)))         G: -D(G(z))
     wgan-gp  D: D(G(z)) - D(x) + gp_weight * GP            G: -D(G(z))
 with GP = E[(|grad_x D(x_hat)|_2 - 1)^2], x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per sample.
+R1 (Mescheder et al. 2018), added to any D loss: E_real[|grad_x D(x)|_2^2] (the caller scales it
+by gamma / 2): it flattens D around the real images, so D cannot win by a steep edge there.
 """
 from __future__ import annotations
 
@@ -21,6 +23,13 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, eps: torch.
     x_hat = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def r1_penalty(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of |grad_x D(x)|_2^2 at the real images: `scores` (B,) must have
+    been computed from `real` (which requires grad). Differentiable (create_graph)."""
+    (grad,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
+    return grad.float().flatten(1).pow(2).sum(1).mean()
 
 
 def d_loss_fn(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""The GAN family's recipe keys (model.*): the `Config` of genlab.families.gan."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from genlab.core.schema import param
+
+
+@dataclass
+class GANConfig:
+    loss: Literal["ns", "hinge", "wgan-gp"] = param("hinge", help="adversarial loss: non-saturating, "
+                                                    "hinge, or Wasserstein with gradient penalty")
+    z_dim: int = param(64, ge=1, help="size of the generator's noise vector")
+    g_width: int = param(16, ge=1, help="generator channels at full resolution, doubling per layer")
+    d_width: int = param(16, ge=1, help="discriminator channels of the first conv, doubling per layer")
+    max_width: int = param(256, ge=1, help="cap on the channels of any layer")
+    features: int = param(128, ge=1, help="discriminator trunk output: the exported feature vector")
+    g_norm: Literal["batch", "none"] = param("batch", help="generator normalisation (batch: "
+                                             "statistics of the generated batch, also when sampling)")
+    g_full_res: int = param(0, ge=0, help="generator conv layers at full resolution with g_width "
+                            "channels, the last of which makes the image (0: the image is the "
+                            "last upsampling layer's output)")
+    g_upsample: Literal["transposed", "nearest"] = param("nearest", help="generator x2 layers: "
+                                                         "4x4 transposed conv, or nearest resize + 3x3 conv")
+    g_output: Literal["sigmoid", "clamp"] = param("sigmoid", help="generator output: sigmoid, or a "
+                                                  "clamp to [0, 1] with a straight-through gradient")
+    spectral_norm: bool = param(True, help="spectral normalisation of every discriminator layer")
+    d_mbstd: int = param(0, ge=0, help="minibatch-std feature in D's head: group size (0: off); "
+                         "lets D see a batch's lack of variety, against mode collapse")
+    gp_weight: float = param(10.0, ge=0, help="gradient-penalty weight (loss wgan-gp)")
+    g_diversity: float = param(0.0, ge=0, help="mode-seeking term in G's loss (Mao et al. 2019): "
+                               "minus this times log(mean |G(z1) - G(z2)| / mean |z1 - z2|) over "
+                               "pairs of the batch (of one class when conditional), on "
+                               "4x4-average-pooled images (0: off)")
+    d_steps: int = param(1, ge=1, help="discriminator updates per generator update (per trainer step)")
+    lr_d: float | None = param(None, gt=0, help="discriminator learning rate (null: train.lr); TTUR")
+    lr_g: float | None = param(None, gt=0, help="generator learning rate (null: train.lr); TTUR")
+    ema_decay: float = param(0.999, ge=0, lt=1, help="EMA of generator weights, used for samples "
+                             "and scores: beta_t = min(ema_decay, (1+t)/(10+t)); 0: no averaging")
+    conditional: bool = param(False, help="class-conditional G (label embedding) and projection D")
+    g_class_norm: bool = param(False, help="conditional G: every batch norm takes a per-class gain "
+                               "and bias (conditional batch norm), so the class shapes each "
+                               "resolution, not only the input; needs conditional and g_norm batch")
+    fid_extractor: Path | None = param(None, must_exist=True, help="exported encoder bundle used as "
+                                       "the FD judge (null: fixed random-weight conv net 'random_conv')")
+    fid_samples: int = param(500, ge=8, help="samples per set for FD and precision/recall (the split "
+                             "evaluated must hold 2x this; fewer: N/2, reported as fid_samples)")
+    pr_k: int = param(3, ge=1, help="k of the k-NN manifolds for precision/recall")
+    lesion_judge: Path | None = param(None, must_exist=True, help="lesion-judge folder (a frozen "
+                                      "classifier, e.g. judges/lesion_judge_brain): adds FD, "
+                                      "precision/recall, lesion rate and agreement under it")
+    d_projection: bool = param(True, help="conditional D: add the projection term "
+                               "<embed(y), h> to its score (false: only ac_weight makes D see "
+                               "the class)")
+    ac_weight: float = param(0.0, ge=0, help="auxiliary classifier (AC-GAN, Odena et al. 2017): "
+                             "a linear class head on D's trunk features; D's loss adds this times "
+                             "its cross-entropy on the real images, G's this times its "
+                             "cross-entropy on the fakes against their class (0: off; needs "
+                             "conditional)")
+    ac_fakes: Literal["off", "class", "fake"] = param(
+        "off", help="what D's class head learns from the fakes: off (real images only), class "
+        "(AC-GAN as published: their conditioning class), fake (an extra class K+1, 'generated', "
+        "as in the semi-supervised GAN of Salimans et al. 2016: the head then also judges "
+        "whether the class evidence looks real, so G cannot pass with an adversarial texture)")
+    r1_gamma: float = param(0.0, ge=0, help="R1 penalty (Mescheder et al. 2018): D's loss adds "
+                            "r1_gamma / 2 * mean |grad_x D(x)|^2 over the real images (0: off)")
+    r1_every: int = param(1, ge=1, help="lazy R1: the penalty every this many steps, scaled by it "
+                          "(Karras et al. 2020); 1: every step")
+    d_augment: list[Literal["brightness", "contrast", "translation"]] = param(
+        default_factory=list, help="DiffAugment (Zhao et al. 2020): differentiable transformations "
+        "applied to real and fake images before D, in both updates, in this order "
+        "(genlab.nn.gan_augment); []: none")
+
+    def __post_init__(self):
+        if self.g_class_norm and not (self.conditional and self.g_norm == "batch"):
+            raise ValueError(f"g_class_norm: true needs conditional: true and g_norm: batch (got "
+                             f"conditional: {self.conditional}, g_norm: {self.g_norm})")
+        if self.ac_weight > 0 and not self.conditional:
+            raise ValueError(f"ac_weight: {self.ac_weight} needs conditional: true (the class head "
+                             "learns the labels)")
+        if self.ac_fakes != "off" and self.ac_weight == 0:
+            raise ValueError(f"ac_fakes: {self.ac_fakes} needs ac_weight > 0")
+        if len(set(self.d_augment)) != len(self.d_augment):
+            raise ValueError(f"d_augment: each transformation at most once, got {self.d_augment}")
