@@ -10,7 +10,7 @@ from genlab import load_encoder
 from genlab.core.errors import GenlabError
 from genlab.core.recipe import from_mapping
 from genlab.engine.trainer import Trainer
-from genlab.nn.atlas import Atlas, ResidualStats
+from genlab.nn.atlas import Atlas, ResidualStats, blur, gaussian_kernel
 
 
 def test_residual_stats_count_area_above_thresholds_and_order_statistics():
@@ -32,7 +32,7 @@ def test_smoothing_keeps_mass_and_separates_blob_sizes():
     big, small = torch.zeros(1, 1, 48, 48), torch.zeros(1, 1, 48, 48)
     big[..., 20:28, 20:28] = 0.1   # one 8 x 8 blob
     small[..., 10, 10::6] = 0.1    # the same kind of finding as scattered single pixels
-    sb = stats.smooth(big, stats.kernel0)
+    sb = blur(big, gaussian_kernel(2.0))
     torch.testing.assert_close(sb.sum(), big.sum(), rtol=1e-4, atol=0)  # the blob is far from the border
     # after smoothing, the big blob stays above the threshold, single pixels do not
     assert stats(big)[0, 0] > 0 and stats(small)[0, 0] == 0
@@ -116,3 +116,11 @@ def test_bad_settings_name_the_key(key, value):
     rec["model"][key] = value
     with pytest.raises(GenlabError, match=key):
         from_mapping(rec)
+
+
+def test_a_pose_net_deeper_than_the_image_is_refused_with_the_key(runs):
+    rec = _brain_recipe(2)
+    rec["model"]["pose_widths"] = [4] * 7  # 64 x 48 halved seven times
+    with pytest.raises(GenlabError, match="model.pose_widths.*at most 5"):
+        Trainer(from_mapping(rec), out_root=runs, quiet=True, progress=False)
+    assert not runs.exists() or not any(runs.rglob("recipe.yaml"))  # no run folder left behind

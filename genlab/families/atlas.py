@@ -28,13 +28,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from genlab.core.errors import RecipeError
 from genlab.core.registry import register_family
 from genlab.core.schema import param
 from genlab.data.base import DataInfo
 from genlab.families.base import EncoderSpec, Family, StepContext
 from genlab.metrics.classification import psnr, roc_auc_binary
 from genlab.metrics.lesion import lesion_contrast, retention
-from genlab.nn.atlas import POSE, AtlasEncoder
+from genlab.nn.atlas import POSE, AtlasEncoder, blur, gaussian_kernel
 from genlab.nn.blocks import first_layer
 from genlab.nn.optim import build_optimizer
 from genlab.viz.render import image_grid, label_rows, tile_kernels
@@ -81,7 +82,12 @@ class AtlasFamily(Family):
         self.cfg, self.info = cfg, info
         shape = [int(v) for v in info.input_shape]
         if len(shape) != 3:
-            raise ValueError(f"family atlas needs images (C, H, W); the data gives {shape}")
+            raise RecipeError("data.name", f"family atlas needs images (C, H, W); {info.name!r} "
+                              f"gives {shape}")
+        n = len(cfg.pose_widths)
+        if shape[1] >> n < 1 or shape[2] >> n < 1:
+            raise RecipeError("model.pose_widths", f"{n} stride-2 layers shrink a {shape[1]}x{shape[2]} "
+                              f"image below 1 pixel; use at most {min(shape[1:]).bit_length() - 1}")
         self._args = {"in_shape": shape, "widths": list(cfg.pose_widths), "up": cfg.up,
                       "scales": list(cfg.scales), "thresholds": list(cfg.thresholds),
                       "quantiles": list(cfg.quantiles), "max_log_scale": cfg.max_log_scale,
@@ -179,10 +185,7 @@ class AtlasFamily(Family):
 def pixel_aucs(resid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B,) ROC AUC of the residual (channel mean, smoothed at AUC_SMOOTH_SIGMA px) as a per-pixel
     lesion score against the mask; NaN for an image without lesion (and past AUC_MAX_IMAGES)."""
-    from genlab.nn.atlas import ResidualStats
-
-    smooth = ResidualStats([AUC_SMOOTH_SIGMA], [1.0], [1.0]).to(resid.device)
-    score = smooth.smooth(resid.float().mean(1, keepdim=True), smooth.kernel0)
+    score = blur(resid.float().mean(1, keepdim=True), gaussian_kernel(AUC_SMOOTH_SIGMA).to(resid.device))
     m = mask.bool().any(1, keepdim=True)
     out = torch.full((len(resid),), math.nan)
     for i in range(min(len(resid), AUC_MAX_IMAGES)):

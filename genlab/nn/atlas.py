@@ -109,6 +109,14 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
+def blur(r: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Separable filtering of (B, 1, H, W) by a 1-D kernel along x then y (edges replicated:
+    a blob at the border keeps its mass)."""
+    p = len(kernel) // 2
+    r = F.conv2d(F.pad(r, (p, p, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(r, (0, 0, p, p), mode="replicate"), kernel.view(1, 1, -1, 1))
+
+
 class ResidualStats(nn.Module):
     """(B, C, H, W) residual -> (B, features): per scale and sign, shares above thresholds,
     quantiles and the positive mean (module docstring). Channels are averaged first."""
@@ -126,16 +134,11 @@ class ResidualStats(nn.Module):
     def num_features(self) -> int:
         return 2 * len(self.scales) * (len(self.thresholds) + len(self.quantiles) + 1)
 
-    def smooth(self, r: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        p = len(k) // 2
-        r = F.conv2d(F.pad(r, (p, p, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-        return F.conv2d(F.pad(r, (0, 0, p, p), mode="replicate"), k.view(1, 1, -1, 1))
-
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         r = r.float().mean(1, keepdim=True)
         out = []
         for i, s in enumerate(self.scales):
-            m = r if s <= 0 else self.smooth(r, getattr(self, f"kernel{i}"))
+            m = r if s <= 0 else blur(r, getattr(self, f"kernel{i}"))
             for v in (m.flatten(1), -m.flatten(1)):
                 out.append((v.unsqueeze(1) > self.thresholds.view(1, -1, 1)).float().mean(2))
                 out.append(torch.quantile(v, self.quantiles.to(v), dim=1).T)
@@ -163,4 +166,4 @@ class AtlasEncoder(nn.Module):
         return self.stats(self.residual(x))
 
 
-__all__ = ["POSE", "Atlas", "AtlasEncoder", "PoseNet", "ResidualStats", "gaussian_kernel"]
+__all__ = ["POSE", "Atlas", "AtlasEncoder", "PoseNet", "ResidualStats", "blur", "gaussian_kernel"]
