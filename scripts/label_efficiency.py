@@ -205,6 +205,9 @@ def describe_inits(args) -> tuple[dict, dict]:
         except GenlabError as e:
             fail(f"--init {name}={path}: {e}")
         inner = meta.get("classifier", {}).get("backbone")
+        if meta["builder"] == "classifier_backbone":  # ssl / distill: the classifier's own network
+            c = meta.get("config", {})
+            inner = f"{c.get('name')} {c.get('channels') or 'default'} stem stride {c.get('stem_stride', 1)}"
         text[name] = (f"{meta.get('family')} encoder `{meta['builder']}`" + (f" ({inner})" if inner else "")
                       + f" -> {meta.get('out_features')}")
         bshape = [int(s) for s in meta.get("input_shape", shape)]

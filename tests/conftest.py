@@ -1,7 +1,12 @@
 """Shared fixtures: tiny recipes that run in a second or two on a CPU."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +18,35 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, tor
 # ... and `genlab train` called in a test keeps that count (it picks its own only when
 # OMP_NUM_THREADS is unset: genlab.core.threads).
 os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
+
+def tiny_atlas_teacher(in_shape=(1, 8, 8), seed: int = 0) -> str:
+    """The path of an exported atlas encoder (random pose net, a random template) for family
+    distill's teacher: built once per shape in a temporary folder removed at exit."""
+    key = tuple(in_shape)
+    if key not in _TEACHERS:
+        from genlab.families.base import EncoderSpec
+        from genlab.families.export import save_encoder
+        from genlab.nn.atlas import AtlasEncoder
+
+        args = {"in_shape": list(in_shape), "widths": [4], "up": 1, "scales": [0.0, 1.0],
+                "thresholds": [0.05, 0.2], "quantiles": [0.5, 1.0]}
+        with torch.random.fork_rng(devices=[]):  # the tests' own random streams stay untouched
+            torch.manual_seed(seed)
+            enc = AtlasEncoder(**args)
+            with torch.no_grad():
+                enc.atlas.template.copy_(0.5 * torch.rand_like(enc.atlas.template))
+        info = SimpleNamespace(input_shape=list(in_shape), value_range=[0.0, 1.0], name="tiny",
+                               class_names=[])
+        out = Path(tempfile.mkdtemp(prefix="genlab_teacher_"))
+        atexit.register(shutil.rmtree, out, True)
+        save_encoder(EncoderSpec("atlas_encoder", args, enc, enc.num_features), out, family="atlas",
+                     info=info, recipe_name="tiny_teacher", step=0)
+        _TEACHERS[key] = str(out)
+    return _TEACHERS[key]
+
+
+_TEACHERS: dict[tuple, str] = {}
 
 # One tiny model config per registered family; the contract test fails for a family that has
 # none, so every new family must say how to build a small version of itself.
@@ -34,6 +68,8 @@ TINY_FAMILIES: dict[str, dict] = {
     "atlas": {"family": "atlas", "data": {"name": "digits"},
               "model": {"pose_widths": [4, 8], "scales": [0.0, 1.0], "thresholds": [0.05, 0.1],
                         "quantiles": [0.5, 1.0]}},
+    "distill": {"family": "distill", "data": {"name": "digits"},
+                "model": {"teacher": tiny_atlas_teacher(), "channels": [4, 8, 8], "target_images": 64}},
     "ssl": {"family": "ssl", "data": {"name": "digits"},
             "model": {"channels": [4, 8, 8], "projector": [16, 8]}},
     "dqn": {"family": "dqn",

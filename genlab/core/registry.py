@@ -26,6 +26,7 @@ _MODULES = (
     "genlab.families.dqn",
     "genlab.families.rbm",
     "genlab.families.dbn",
+    "genlab.families.distill",
     "genlab.families.ssl",
 )
 

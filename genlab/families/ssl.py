@@ -42,6 +42,7 @@ from genlab.core.registry import register_family
 from genlab.core.schema import param
 from genlab.data.base import DataInfo
 from genlab.data.views import Views
+from genlab.families.backbone_config import BackboneChoice, exported_args
 from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
 from genlab.nn.backbones import build_backbone
 from genlab.nn.blocks import first_layer
@@ -50,18 +51,9 @@ from genlab.viz.render import feature_maps, tile_kernels, triplets
 
 
 @dataclass
-class SSLConfig:
+class SSLConfig(BackboneChoice):
     objective: Literal["simclr", "vicreg"] = param(
         "simclr", help="simclr: NT-Xent contrastive loss; vicreg: variance-invariance-covariance")
-    backbone: Literal["brain_tumor_nn", "model1", "model2", "vgg_sep", "resnet18"] = param(
-        "vgg_sep", help="the classifier backbone to pretrain (genlab.nn.backbones)")
-    channels: list[int] | None = param(None, ge=1, help="conv widths of brain_tumor_nn/model1/model2/"
-                                       "vgg_sep (null: the published ones); as the classifier's")
-    stem_stride: int = param(1, ge=1, le=4, help="stride of the first conv (not resnet18); as the "
-                             "classifier's: the export only drops into a classifier with the same")
-    clahe: bool = param(False, help="CLAHE contrast equalisation inside the backbone (exported with it)")
-    clahe_clip: float = param(2.0, gt=0, help="CLAHE clip limit (OpenCV's clipLimit)")
-    clahe_grid: list[int] = param(default_factory=lambda: [8, 8], ge=1, help="CLAHE tiles [rows, cols]")
     projector: list[int] = param(default_factory=lambda: [512, 128], ge=1, help=(
         "projector MLP widths, the last one the embedding size; Linear + BatchNorm + ReLU between "
         "them (trained, not exported)"))
@@ -73,12 +65,9 @@ class SSLConfig:
                          "(genlab.data.views)")
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.projector:
             raise ValueError("projector: expected at least one width (the embedding size)")
-        if len(self.clahe_grid) != 2:
-            raise ValueError(f"clahe_grid: expected [rows, cols], got {self.clahe_grid}")
-        if self.backbone == "resnet18" and (self.channels is not None or self.stem_stride != 1):
-            raise ValueError("channels, stem_stride: not used by backbone 'resnet18'")
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,10 +116,7 @@ class SelfSupervised(Family):
         self.cfg, self.info = cfg, info
         # the classifier's own build arguments (genlab.families.classifier), so the export
         # rebuilds the same module there
-        self._backbone_args = {"name": cfg.backbone, "in_shape": list(info.input_shape),
-                               "channels": cfg.channels, "pretrained": False,
-                               "stem_stride": cfg.stem_stride, "clahe": cfg.clahe,
-                               "clahe_clip": cfg.clahe_clip, "clahe_grid": list(cfg.clahe_grid)}
+        self._backbone_args = cfg.backbone_args(info.input_shape)
         self.backbone = build_backbone(**self._backbone_args)
         layers: list[nn.Module] = []
         widths = [self.backbone.num_features, *cfg.projector]
@@ -207,7 +193,7 @@ class SelfSupervised(Family):
         return self.backbone.num_features
 
     def encoder_spec(self) -> EncoderSpec:
-        config = {k: v for k, v in self._backbone_args.items() if v is not None}
+        config = exported_args(self._backbone_args)
         extra = {"ssl": {"objective": self.cfg.objective, "backbone": self.cfg.backbone,
                          "projector": list(self.cfg.projector)}}
         return EncoderSpec(builder="classifier_backbone", config=config, module=self.backbone,
