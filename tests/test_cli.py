@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_atlas_teacher
 
 from genlab.cli import main
 from genlab.core import registry
@@ -36,10 +35,6 @@ def test_every_shipped_recipe_runs_a_few_steps(recipe, tmp_path, capsys, monkeyp
     for key in ("val_size", "test_size"):  # keep synthetic splits small for a smoke run
         if key in fields:
             extra += ["--set", f"data.{key}=8"]
-    if "teacher" in data.get("model", {}) and data["model"]["teacher"] is None:
-        # a distillation recipe names its teacher run on the command line: a tiny untrained one
-        # for the brain slices' default 128 x 96
-        extra += ["--set", f"model.teacher={tiny_atlas_teacher((1, 128, 96))}"]
     if data.get("model", {}).get("backbone") == "brain_tumor_nn":  # 201 M weights at 128 x 96
         extra += ["--set", "data.size=[32,24]"]
     assert main(["train", str(recipe), "--out", str(tmp_path), "--quiet", *FAST, *extra]) == 0
