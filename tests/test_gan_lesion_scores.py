@@ -143,6 +143,22 @@ def test_conditional_gan_with_a_lesion_judge_logs_the_new_scores(judge_run, tmp_
     assert val["agreement_min"] <= val["agreement_mean"] <= 1
 
 
+def test_best_checkpoint_chosen_on_agreement(judge_run, tmp_path):
+    r = _gan_recipe(judge_run / "judge", steps=4)
+    r["model"]["best_on"] = "agreement"
+    r["log"].update(eval_every=2)
+    t = _quiet_run(r, tmp_path)
+    assert t.model.monitor == ("agreement_mean", "max")
+    best = torch.load(t.run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert best["monitor"] == "agreement_mean"
+    seen = [v for _, v in t.history["eval/agreement_mean"]]
+    assert best["value"] == pytest.approx(max(seen))
+    bad = tiny_recipe("gan", steps=1)
+    bad["model"] = {**bad["model"], "conditional": True, "best_on": "agreement"}
+    with pytest.raises(RecipeError, match="best_on: agreement needs .*lesion_judge"):
+        from_mapping(bad)
+
+
 def _scores(judge_run, conditional=True) -> LesionScores:
     from genlab.data.brain import BrainConfig, BrainData
 

@@ -16,7 +16,8 @@ images (`ac_fakes`: also on the fakes, as their class or as an extra "generated"
 cross-entropy of that head on its fakes against their class, so D must learn what separates
 the classes and G must draw it; against a D that overfits or wins, the R1 penalty on real
 images (`r1_gamma`, lazily every `r1_every` steps) and DiffAugment (`d_augment`,
-genlab.nn.gan_augment) on both D inputs.
+genlab.nn.gan_augment) on both D inputs. With `g_atlas`, G draws no anatomy: a frozen learned
+atlas at a drawn pose, plus drawn lesion discs and noise (genlab.nn.gan_atlas).
 
 Scores (`summarize`, over the evaluated split, from the EMA generator): features come from a
 fixed judge, `fid_extractor` (an exported genlab encoder trained on the same data) or, when
@@ -46,10 +47,12 @@ from genlab.core.errors import RecipeError
 from genlab.core.registry import register_family
 from genlab.data.base import DataInfo
 from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
+from genlab.families.gan_atlas import build_atlas_generator, fit_atlas_pose
 from genlab.families.gan_config import GANConfig
 from genlab.families.gan_judge import judge_name
 from genlab.families.gan_scores import LesionScores, frechet_and_pr
 from genlab.metrics import generative as gen_metrics
+from genlab.nn.gan_atlas import ATLAS_GENERATOR_BUILDER
 from genlab.nn.gan_augment import diff_augment
 from genlab.nn.gan_blocks import Discriminator, Generator, gan_widths, save_generator
 from genlab.nn.gan_losses import (
@@ -98,13 +101,18 @@ class GAN(Family):
         self.D = Discriminator(info.input_shape, self._trunk_args["channels"], cfg.features, ncls,
                                cfg.spectral_norm, cfg.d_mbstd, self._ac_outputs(cfg, ncls),
                                cfg.d_projection)
-        self._gen_args = {"out_shape": list(info.input_shape), "z_dim": cfg.z_dim,
-                          "num_classes": ncls, "norm": cfg.g_norm, "upsample": cfg.g_upsample,
-                          "channels": gan_widths(h, w, cfg.g_width, cfg.max_width),
-                          "output": cfg.g_output, "class_norm": cfg.g_class_norm}
-        if cfg.g_full_res:  # only when on: bundles written before the key load as they were
-            self._gen_args["full_res"] = cfg.g_full_res
-        self.G = Generator(**self._gen_args)
+        if cfg.g_atlas is not None:  # the anatomy from a frozen atlas; G draws pose and lesions
+            self.G, self._gen_args = build_atlas_generator(cfg.g_atlas, info, cfg.z_dim, ncls,
+                                                           cfg.g_lesion_slots)
+        else:
+            self._gen_args = {"out_shape": list(info.input_shape), "z_dim": cfg.z_dim,
+                              "num_classes": ncls, "norm": cfg.g_norm, "upsample": cfg.g_upsample,
+                              "channels": gan_widths(h, w, cfg.g_width, cfg.max_width),
+                              "output": cfg.g_output, "class_norm": cfg.g_class_norm}
+            if cfg.g_full_res:  # only when on: bundles written before the key load as they were
+                self._gen_args["full_res"] = cfg.g_full_res
+            self.G = Generator(**self._gen_args)
+        self.latent_dim = self.G.z_dim  # the atlas G's holds its disc and pose noise too
         # The EMA generator lives in the state_dict (checkpoints hold it); never optimised.
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         # The judge is a fixed function, kept out of the state_dict (a plain dict attribute).
@@ -112,7 +120,8 @@ class GAN(Family):
         self._judge = {"net": judge}
         self._lesion = (None if cfg.lesion_judge is None
                         else LesionScores(cfg.lesion_judge, info, cfg.conditional))
-        self.monitor = (f"fid/{self.judge_name}", "min")
+        self.monitor = (("agreement_mean", "max") if cfg.best_on == "agreement"
+                        else (f"fid/{self.judge_name}", "min"))
         self._d_low = 0  # consecutive steps with the D loss below D_WINS_LOSS
         self._warned: set[str] = set()
 
@@ -148,8 +157,8 @@ class GAN(Family):
 
     def _noise(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is None:
-            return torch.randn(n, self.cfg.z_dim, device=device)
-        return torch.randn(n, self.cfg.z_dim, generator=generator).to(device)
+            return torch.randn(n, self.latent_dim, device=device)
+        return torch.randn(n, self.latent_dim, generator=generator).to(device)
 
     def _d(self, x: torch.Tensor, y: torch.Tensor | None, with_class: bool):
         """D on the augmented x (cfg.d_augment): (scores (B,), class logits (B, K) or None)."""
@@ -206,6 +215,7 @@ class GAN(Family):
                 ce = F.cross_entropy(cls_fake, y)
                 loss = loss + self.cfg.ac_weight * ce
                 out.update(g_ac=ce.detach(), g_ac_acc=(cls_fake.argmax(1) == y).float().mean())
+            out.update(getattr(self.G, "last_stats", {}))  # the atlas G: discs on, their gain
             if self.cfg.g_diversity > 0 and n >= 2:
                 ms = mode_seeking_ratio(fake.float(), z)
                 loss = loss - self.cfg.g_diversity * torch.log(ms)
@@ -228,6 +238,8 @@ class GAN(Family):
     def training_step(self, batch, ctx: StepContext):
         real = batch["x"]
         y = batch["y"] if self.conditional else None
+        if self.cfg.g_atlas is not None and not bool(self.G.pose_ready):  # first step of a run
+            fit_atlas_pose(self.G, self.G_ema, ctx.all_gather_cat(real))
         logs: dict[str, torch.Tensor] = {}
         for _ in range(self.cfg.d_steps):
             logs = self.d_step(real, y, ctx)
@@ -350,7 +362,8 @@ class GAN(Family):
     def export_generator(self, out_dir: Path) -> Path:
         """The EMA generator as out_dir/generator.safetensors + generator.json
         (reload with genlab.nn.gan_blocks.load_generator)."""
-        return save_generator(self.G_ema, dict(self._gen_args), out_dir,
-                              {"family": "gan", "data": self.info.name,
-                               "class_names": list(self.info.class_names),
-                               "conditional": self.conditional, "ema_decay": self.cfg.ema_decay})
+        meta = {"family": "gan", "data": self.info.name, "class_names": list(self.info.class_names),
+                "conditional": self.conditional, "ema_decay": self.cfg.ema_decay}
+        if self.cfg.g_atlas is not None:
+            meta.update(builder=ATLAS_GENERATOR_BUILDER, atlas=str(self.cfg.g_atlas))
+        return save_generator(self.G_ema, dict(self._gen_args), out_dir, meta)

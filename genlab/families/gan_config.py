@@ -72,6 +72,17 @@ class GANConfig:
         default_factory=list, help="DiffAugment (Zhao et al. 2020): differentiable transformations "
         "applied to real and fake images before D, in both updates, in this order "
         "(genlab.nn.gan_augment); []: none")
+    g_atlas: Path | None = param(None, must_exist=True, help="an exported atlas encoder (family "
+                                 "atlas, e.g. runs/pretrain_atlas_brain/<run>/export): G then draws "
+                                 "no anatomy but a pose for this frozen atlas, a set of soft lesion "
+                                 "discs and a noise amplitude (genlab.nn.gan_atlas); the conv G keys "
+                                 "(g_width, g_norm, g_upsample, g_output, g_class_norm, g_full_res) "
+                                 "do not apply (null: the conv generator)")
+    g_lesion_slots: int = param(48, ge=1, help="g_atlas: the most lesion discs one image can have")
+    best_on: Literal["fid", "agreement"] = param("fid", help="what checkpoints/best.pt is chosen on: "
+                                                 "the lowest Frechet distance under fid_extractor, or "
+                                                 "the highest mean agreement under lesion_judge "
+                                                 "(needs conditional and a lesion_judge)")
 
     def __post_init__(self):
         if self.g_class_norm and not (self.conditional and self.g_norm == "batch"):
@@ -82,5 +93,11 @@ class GANConfig:
                              "learns the labels)")
         if self.ac_fakes != "off" and self.ac_weight == 0:
             raise ValueError(f"ac_fakes: {self.ac_fakes} needs ac_weight > 0")
+        if self.g_atlas is not None and (self.g_class_norm or self.g_full_res):
+            raise ValueError("g_atlas draws no conv layers: leave g_class_norm and g_full_res off "
+                             f"(got g_class_norm: {self.g_class_norm}, g_full_res: {self.g_full_res})")
+        if self.best_on == "agreement" and not (self.conditional and self.lesion_judge is not None):
+            raise ValueError("best_on: agreement needs conditional: true and a lesion_judge (got "
+                             f"conditional: {self.conditional}, lesion_judge: {self.lesion_judge})")
         if len(set(self.d_augment)) != len(self.d_augment):
             raise ValueError(f"d_augment: each transformation at most once, got {self.d_augment}")

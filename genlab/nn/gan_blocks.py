@@ -283,10 +283,13 @@ def save_generator(module: Generator, config: dict, out_dir, meta: dict | None =
 
 def load_generator(path) -> Generator:
     """Rebuild an exported generator (eval mode; `.bundle_meta` holds the JSON): z (B, z_dim)
-    [, labels (B,)] -> images (B, C, H, W) in [0, 1]. `path`: the bundle's folder, a run folder
-    (looks in export/) or either of its two files."""
+    [, labels (B,)] -> images (B, C, H, W) in [0, 1]; a Generator or an atlas generator.
+    `path`: the bundle's folder, a run folder (looks in export/) or either of its two files."""
+    from genlab.nn.gan_atlas import ATLAS_GENERATOR_BUILDER, AtlasGenerator
+
     meta, tensors = load_bundle(Path(path), "generator", GENERATOR_FORMAT)
-    gen = Generator(**meta["config"])
+    cls = AtlasGenerator if meta.get("builder") == ATLAS_GENERATOR_BUILDER else Generator
+    gen = cls(**meta["config"])
     gen.load_state_dict(tensors)
     gen.bundle_meta = meta
     return gen.eval()

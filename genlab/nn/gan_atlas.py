@@ -1,0 +1,292 @@
+"""A generator that draws only the findings: a frozen learned atlas at a drawn pose, plus lesions.
+
+For data that share one anatomy (the brain factory), a conv generator spends most of its
+capacity redrawing that anatomy and has little left for the few pixels that carry the class
+(the tumours). Here the anatomy comes from a learned atlas (genlab.nn.atlas: a template and its
+affine warp), frozen, and G draws three things from its latent vector:
+
+    pose      (log scale x, y, shift x, y, log gain, offset) = pose_mean + pose_sd * (u_pose +
+              linear(z)); the buffers hold the real images' pose statistics under the atlas's
+              pose net (`fit_pose`), so the anatomy is at a real-looking pose from step 0
+    lesions   a set of `slots` soft discs in template coordinates (below)
+    noise     per-pixel uniform noise of a drawn amplitude, read from a fixed noise bank
+
+    image = clamp(clamp(gain * warp(T) + offset + noise) + gain * lesion_gain * (1 - exp(-S)))
+
+where S = sum_k amp_k * exp(-|p - c_k|^2 / (2 sigma_k^2)), p a pixel's template position.
+The warp is scale + shift (no rotation), so each Gaussian factorises along x and y and S is one
+batched matrix product, (B, H, K) @ (B, K, W): no (B, K, H, W) tensor is ever built. The
+saturation 1 - exp(-S) makes a strong Gaussian a flat disc with a soft edge (its radius grows
+with log amp), as the factory's tumours are; the gain multiplies the lesions as it does the
+anatomy, because the factory adds its tumours before the contrast change.
+
+Pose and noise read the noise only, never the class: the nuisance is the same for every
+syndrome in the data, and a class-dependent brightness would be a shortcut that fools D's class
+head without drawing a tumour.
+
+Spread of the tumour positions within a class. A conv generator that must learn to move its
+disc with z settles on one place per class; so did a first version of this one, whose cluster
+centre was m(h) + exp(s(h)) u with both learnt (class A at one place by step 400: s -> log 0.02).
+Here where a cluster sits is not learnt: its centre is u_area mapped to a point uniform in an
+ellipse (`uniform_in_disc`), as the data's lesion areas are; position within the brain carries
+no class. Only the ellipse's size is learnt, one number for every class and image (`area_reach`),
+which can bring the clusters nearer the centre of the brain but cannot pick a place.
+G learns the rest, per class: how tight the cluster is (disc k at the centre
++ spread(h) u_k + d_k, u_k standard normal, d_k learnt from h, u_k and a slot embedding and
+starting at 0, both bounded), how many discs are on (a count per image from h: disc k is on
+while k < count) and how big and bright they are (sigma_k, amp_k, the lesion gain). The ellipse
+is fitted to the template's head (mean and 2 standard deviations of its bright pixels, times
+AREA_FRACTION) and a disc centre pushed past it is pulled back onto it, so no lesion leaves the
+brain.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlab.nn.atlas import Atlas
+
+HEAD_LEVEL = 0.1  # template pixels brighter than this are head (the background is ~0.03)
+AREA_FRACTION = 0.7  # disc centres lie inside this fraction of the head ellipse (parenchyma)
+NOISE_BANK_ROWS = 4096  # the noise bank: windows of H rows of fixed uniform noise in [-1, 1]
+NOISE_BANK_SEED = 20261205
+SLOT_EMBED = 8  # learnt per-slot code: lets slot k learn to be "on for large counts only"
+# What G may draw (a disc that is on is a visible disc; only the count switches discs off):
+LESION_GAIN = (0.15, 0.6)  # brightness a lesion adds where it saturates (the data: 0.3-0.45)
+LOG_AMP = (1.0, 8.0)  # a disc saturates out to sigma sqrt(2 log amp): 1.4 to 4 sigma
+SIGMA = (0.5, 8.0)  # px of the template at the input's resolution
+# Around its cluster centre (units: the area's semi-axes), disc k sits at spread * u_k + d_k, both
+# bounded: unbounded, G learnt to push every disc past the edge of the area, where they all
+# landed on one point (measured: class A's centres within 0.03 of each other at step 400)
+# The lower bound (0.08: ~2.5 px) keeps a cluster a cluster: at 0.01, G stacked 12-14 discs into
+# one blob for A and for B alike (the data: A's 1-2 big tumours within 4-8 px, B's 4-8 medium
+# ones within 9-14 px, C's within 10-16 px; the area's semi-axes are ~30 px)
+CLUSTER_SPREAD = (0.08, 0.6)
+MAX_OFFSET = 0.3  # |d_k| per axis
+AREA_REACH = (0.3, 1.0)  # cluster centres lie within this share of the area: learnt, one number
+INIT_COUNT = 4.0  # discs per image at step 0
+COUNT_SHARPNESS = 8.0  # disc k's share: sigmoid(8 (count - k - 1/2))
+# count = INIT_COUNT + COUNT_SCALE * (a linear map of h): syndrome C needs 20-48 discs, and with
+# the count only moved through the one disc at its boundary, a unit scale took it from 4 to 5 in
+# 650 steps (measured)
+COUNT_SCALE = 4.0
+ATLAS_GENERATOR_BUILDER = "gan_atlas_generator"  # its exported bundles' "builder"
+
+
+def _st_clamp(x: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
+    """Clamped value, identity gradient (as the conv generator's "clamp" output)."""
+    return x + (x.clamp(lo, hi) - x).detach()
+
+
+class _FloorComeBack(torch.autograd.Function):
+    """max(x, lo); below lo, only the gradient that would raise x passes. A plain clamp would
+    leave x stuck below lo for good (no gradient), a straight-through one would let a steady
+    "fewer" signal push it far below, out of reach; this one keeps it at lo, ready to rise."""
+
+    @staticmethod
+    def forward(ctx, x, lo):
+        ctx.save_for_backward(x)
+        ctx.lo = lo
+        return x.clamp(min=lo)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.where(x >= ctx.lo, grad, grad.clamp(max=0)), None
+
+
+def _between(raw: torch.Tensor, lo_hi: tuple[float, float]) -> torch.Tensor:
+    lo, hi = lo_hi
+    return lo + (hi - lo) * torch.sigmoid(raw)
+
+
+def _inverse(value: float, lo_hi: tuple[float, float]) -> float:
+    """The raw value that `_between` maps to `value`."""
+    t = (value - lo_hi[0]) / (lo_hi[1] - lo_hi[0])
+    return math.log(t / (1 - t))
+
+
+def uniform_in_disc(u: torch.Tensor) -> torch.Tensor:
+    """(..., 2) standard normal -> uniform in the unit disc: the direction of u, at radius
+    sqrt(1 - exp(-|u|^2 / 2)) (|u|^2 / 2 is exponential, so that is sqrt of a uniform)."""
+    r2 = u.pow(2).sum(-1, keepdim=True)
+    return u * torch.sqrt(-torch.expm1(-r2 / 2) / r2.clamp_min(1e-12))
+
+
+def into_disc(q: torch.Tensor) -> torch.Tensor:
+    """(..., 2) -> the same point, or, outside the unit disc, the nearest point on its edge."""
+    return q / q.norm(dim=-1, keepdim=True).clamp_min(1.0)
+
+
+class AtlasGenerator(nn.Module):
+    """latent (B, z_dim) [, labels (B,)] -> (B, C, H, W) in [0, 1]; see the module docstring.
+
+    latent = [z (code_dim) | u_pose (6) | u_area (2) | u_slots (2 slots) | u_noise (1)], all
+    standard normal (the GAN family draws them). The atlas (template and pose net) is a frozen
+    submodule: checkpoints and the exported generator hold it, so nothing outside is needed to
+    sample."""
+
+    def __init__(self, out_shape: list[int], widths: list[int], up: int, code_dim: int,
+                 num_classes: int = 0, slots: int = 48, hidden: int = 128,
+                 max_log_scale: float = 0.3, max_shift: float = 0.3):
+        super().__init__()
+        c, h, w = (int(v) for v in out_shape)
+        self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
+        # z_dim: the whole noise vector a caller draws (as for the conv Generator); the first
+        # code_dim numbers feed the networks, the rest place and shape the discs directly
+        self.z_dim = self.code_dim + 6 + 2 + 2 * self.slots + 1
+        self.atlas = Atlas([c, h, w], widths, up, max_log_scale, max_shift).requires_grad_(False)
+        self.register_buffer("pose_mean", torch.zeros(6))
+        self.register_buffer("pose_sd", torch.zeros(6))  # 0 until fit_pose: the template's own pose
+        self.register_buffer("pose_ready", torch.tensor(False))
+        self.register_buffer("area_centre", torch.zeros(2))  # head ellipse, normalised coordinates
+        self.register_buffer("area_axes", torch.ones(2))
+        gen = torch.Generator().manual_seed(NOISE_BANK_SEED)  # fixed: rebuilt, never saved
+        self.register_buffer("noise_bank", torch.rand(NOISE_BANK_ROWS + h, w, generator=gen) * 2 - 1,
+                             persistent=False)
+        self.embed = nn.Embedding(num_classes, code_dim) if num_classes else None
+        self.pose = nn.Linear(code_dim, 6)  # pose and noise amplitude: from z only, never the class
+        self.noise_amp = nn.Linear(code_dim, 1)
+        self.trunk = nn.Sequential(nn.Linear(code_dim * (2 if num_classes else 1), hidden), nn.LeakyReLU(0.2),
+                                   nn.Linear(hidden, hidden), nn.LeakyReLU(0.2))
+        # per image: log spread of the discs around the cluster centre, lesion gain, disc count
+        self.area = nn.Linear(hidden, 3)
+        # one number for all classes and images: how far from the head's centre clusters may
+        # sit (a share of the lesion area); it scales where they are, it cannot choose a place
+        self.area_reach = nn.Parameter(torch.tensor(_inverse(0.8, AREA_REACH)))
+        self.slot_embed = nn.Parameter(torch.randn(self.slots, SLOT_EMBED))
+        self.register_buffer("slot_index", torch.arange(self.slots, dtype=torch.float32), persistent=False)
+        self.slot_h = nn.Linear(hidden, 64)
+        self.slot_in = nn.Linear(2 + SLOT_EMBED, 64, bias=False)
+        self.slot_out = nn.Linear(64, 4)  # per disc: offset x, y, log sigma (px), log amplitude
+        self._init_heads()
+
+    @torch.no_grad()
+    def _init_heads(self) -> None:
+        for lin in (self.pose, self.area, self.slot_out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        # at step 0: discs spread around their cluster centre by 0.3 of the area's semi-axes, a
+        # lesion gain of 0.35 (the data's: 0.3-0.45), INIT_COUNT sharp discs of radius ~3.7 px
+        # (sigma 1.5, amp e^3: saturated out to sigma sqrt(6)). Sharp, because D rejects faint
+        # blurry blobs at once, and G, answering, switches them off before D's class head has
+        # learnt that the classes differ by them (measured: 48 faint discs at e^-1, off by step 60)
+        self.area.bias.copy_(torch.tensor([_inverse(0.3, CLUSTER_SPREAD), _inverse(0.35, LESION_GAIN),
+                                           INIT_COUNT / COUNT_SCALE]))
+        self.slot_out.bias.copy_(torch.tensor([0.0, 0.0, _inverse(1.5, SIGMA), _inverse(3.0, LOG_AMP)]))
+        nn.init.zeros_(self.noise_amp.weight)
+        self.noise_amp.bias.fill_(math.log(math.expm1(0.025)))  # softplus -> 0.025
+
+    # -- fitting to the data ---------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_template_frame(self) -> None:
+        """The head ellipse from the template: centre and semi-axes (2 sd of the bright pixels'
+        coordinates, as for a uniform ellipse), in normalised coordinates."""
+        t = self.atlas.template.float().mean(1)[0]  # (H up, W up)
+        ys = (torch.arange(t.shape[0], dtype=torch.float32) + 0.5) / t.shape[0] * 2 - 1
+        xs = (torch.arange(t.shape[1], dtype=torch.float32) + 0.5) / t.shape[1] * 2 - 1
+        m = (t > HEAD_LEVEL).float()
+        if m.sum() < 4:
+            raise ValueError(f"the atlas template has no head: fewer than 4 pixels above {HEAD_LEVEL}")
+        wy, wx = m.sum(1), m.sum(0)
+        cy, cx = (wy * ys).sum() / m.sum(), (wx * xs).sum() / m.sum()
+        sy = ((wy * (ys - cy) ** 2).sum() / m.sum()).sqrt()
+        sx = ((wx * (xs - cx) ** 2).sum() / m.sum()).sqrt()
+        self.area_centre.copy_(torch.stack([cx, cy]))
+        self.area_axes.copy_(2 * AREA_FRACTION * torch.stack([sx, sy]))
+
+    @torch.no_grad()
+    def fit_pose(self, x: torch.Tensor) -> None:
+        """Pose statistics of real images x under the atlas's pose net (once, at the first step)."""
+        p = self.atlas.pose(x.float())
+        self.pose_mean.copy_(p.mean(0))
+        self.pose_sd.copy_(p.std(0) if len(p) > 1 else torch.zeros(6))
+        self.pose_ready.fill_(True)
+
+    # -- drawing -------------------------------------------------------------------------------
+    def split_latent(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        z, k = self.code_dim, self.slots
+        return {"z": latent[:, :z], "pose": latent[:, z:z + 6], "area": latent[:, z + 6:z + 8],
+                "slots": latent[:, z + 8:z + 8 + 2 * k].view(-1, k, 2), "noise": latent[:, -1]}
+
+    def draw_pose(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        p = self.pose_mean + self.pose_sd * (u + self.pose(z))
+        a = self.atlas  # the atlas's own bounds on the warp
+        geo = torch.cat([a.max_log_scale * torch.tanh(p[:, :2] / a.max_log_scale),
+                         a.max_shift * torch.tanh(p[:, 2:4] / a.max_shift)], 1)
+        return torch.cat([geo, p[:, 4:]], 1)
+
+    def draw_discs(self, h: torch.Tensor, u_area: torch.Tensor, u_slots: torch.Tensor):
+        """(centres (B, K, 2) normalised template coordinates, sigma (B, K) px, amp (B, K)
+        (0 for a disc that is off), lesion gain (B,))."""
+        a = self.area(h)
+        s = self.slot_out(F.leaky_relu(self.slot_h(h)[:, None] + self.slot_in(
+            torch.cat([u_slots, self.slot_embed.expand(len(h), -1, -1)], 2)), 0.2))
+        # the spread's sigmoid stops at logit -3, rising gradients only: a class that packed its
+        # discs early (measured: all three at the least spread by step 650) can unpack them
+        spread = _between(_FloorComeBack.apply(a[:, None, 0:1], -3.0), CLUSTER_SPREAD)
+        reach = _between(self.area_reach, AREA_REACH)
+        q = (reach * uniform_in_disc(u_area)[:, None] + spread * u_slots
+             + MAX_OFFSET * torch.tanh(s[..., :2]))
+        centres = self.area_centre + self.area_axes * into_disc(q)
+        sigma = _between(s[..., 2], SIGMA)
+        # disc k is on while k < count: one number per image sets how many, and the disc at the
+        # boundary always passes a gradient to it. The floor keeps that boundary disc within
+        # reach (count >= -0.5: disc 0 at 3e-4 of its amplitude, not at 0): a class whose discs
+        # D rejects early (before its class head has learnt them) can draw them again later
+        # (measured: without it B and C fell to counts of -5 by step 400)
+        count = _st_clamp(_FloorComeBack.apply(COUNT_SCALE * a[:, 2:3], -0.5), None, float(self.slots))
+        on = torch.sigmoid(COUNT_SHARPNESS * (count - self.slot_index - 0.5))
+        amp = torch.exp(_between(s[..., 3], LOG_AMP)) * on
+        return centres, sigma, amp, _between(a[:, 1], LESION_GAIN)
+
+    def lesion_sum(self, pose, centres, sigma, amp) -> torch.Tensor:
+        """S (B, H, W): the sum of the Gaussians at each pixel's template position."""
+        _, h, w = self.out_shape
+        dev = pose.device
+        xn = (torch.arange(w, device=dev, dtype=torch.float32) * 2 + 1) / w - 1  # pixel centres
+        yn = (torch.arange(h, device=dev, dtype=torch.float32) * 2 + 1) / h - 1
+        xt = torch.exp(pose[:, 0:1]) * xn + pose[:, 2:3]  # (B, W) template x of each column
+        yt = torch.exp(pose[:, 1:2]) * yn + pose[:, 3:4]  # affine_grid's map, no rotation
+        inv = 1 / (2 * sigma.pow(2))[..., None]  # (B, K, 1)
+        gx = torch.exp(-((xt[:, None] - centres[..., 0:1]) * (w / 2)).pow(2) * inv)  # (B, K, W)
+        gy = torch.exp(-((yt[:, None] - centres[..., 1:2]) * (h / 2)).pow(2) * inv)  # (B, K, H)
+        return torch.einsum("bkh,bkw->bhw", amp[..., None] * gy, gx)
+
+    def noise(self, u: torch.Tensor, amp: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W): amp times a window of the bank, its first row chosen by u (normal)."""
+        _, h, _ = self.out_shape
+        start = (torch.special.ndtr(u.float()) * NOISE_BANK_ROWS).long().clamp(0, NOISE_BANK_ROWS - 1)
+        rows = start[:, None] + torch.arange(h, device=u.device)
+        return amp.view(-1, 1, 1, 1) * self.noise_bank[rows][:, None]
+
+    def compose(self, pose: torch.Tensor, lesions: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The image from a pose (B, 6), a lesion layer (B, C or 1, H, W) in template brightness
+        units (before the gain) and noise (B, C or 1, H, W): all lesion and noise zero gives
+        the atlas's rendering, clamped to [0, 1]."""
+        base = _st_clamp(self.atlas.render(pose) + noise, 0.0, 1.0)
+        return _st_clamp(base + torch.exp(pose[:, 4]).view(-1, 1, 1, 1) * lesions, None, 1.0)
+
+    def forward(self, latent: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        parts = self.split_latent(latent)
+        z = parts["z"]
+        zc = torch.cat([z, self.embed(y)], 1) if self.embed is not None else z
+        h = self.trunk(zc)
+        with torch.autocast(latent.device.type, enabled=False):  # geometry in float32
+            h, z = h.float(), z.float()
+            pose = self.draw_pose(z, parts["pose"].float())
+            centres, sigma, amp, gain = self.draw_discs(h, parts["area"].float(), parts["slots"].float())
+            s = self.lesion_sum(pose, centres, sigma, amp)
+            lesions = (gain.view(-1, 1, 1) * -torch.expm1(-s))[:, None]
+            self.last_stats = {"g_lesion_discs": (amp > 1).float().sum(1).mean().detach(),
+                               "g_lesion_gain": gain.mean().detach(),
+                               "g_disc_sigma": sigma.mean().detach(),
+                               "g_area_reach": _between(self.area_reach.detach(), AREA_REACH)}
+            noise = self.noise(parts["noise"], F.softplus(self.noise_amp(z)))
+            return self.compose(pose, lesions, noise)
+
+
+__all__ = ["ATLAS_GENERATOR_BUILDER", "AtlasGenerator", "into_disc", "uniform_in_disc"]
