@@ -135,6 +135,9 @@ def overrides(args, row: str, n: int, seed: int, shapes: dict) -> list[str]:
         out += (["model.mode=linear_probe"] if row.endswith("/probe") else
                 [f"model.mode={mode}", f"model.encoder_lr_mult={args.encoder_lr_mult}"])
         out += ["model.head_init=probe"] if row.endswith("/lpft") else []
+        if name in args.shrink_perturb and not row.endswith("/probe"):
+            shrink, perturb = args.shrink_perturb[name]
+            out += [f"model.init_shrink={shrink}", f"model.init_perturb={perturb}"]
     return out
 
 
@@ -249,6 +252,9 @@ def main(argv=None) -> int:
     p.add_argument("--lpft", nargs="+", default=[], metavar="NAME",
                    help="these --init encoders get one more row, NAME/lpft: the NAME row's fine-tuning "
                    "started from the frozen logistic probe as its head (model.head_init probe, LP-FT)")
+    p.add_argument("--shrink-perturb", action="append", default=[], metavar="NAME:SHRINK:PERTURB",
+                   help="the NAME row fine-tunes from SHRINK x the encoder + PERTURB x a fresh "
+                   "initialisation (model.init_shrink / init_perturb; not with --lpft NAME)")
     p.add_argument("--probe-only", nargs="+", default=[], metavar="NAME",
                    help="these --init encoders get only their frozen-probe row NAME/probe (an encoder "
                    "that is not a backbone to fine-tune, e.g. the atlas's residual statistics)")
@@ -291,6 +297,18 @@ def main(argv=None) -> int:
         fail(f"--gradual {' '.join(sorted(set(args.gradual) - set(args.inits)))}: not an --init NAME "
              f"(known: {', '.join(args.inits) or 'none'})")
 
+    sp = {}
+    for item in args.shrink_perturb:
+        name, *nums = item.split(":")
+        try:
+            shrink, perturb = (float(v) for v in nums)
+        except ValueError:
+            fail(f"--shrink-perturb {item!r}: expected NAME:SHRINK:PERTURB, e.g. distill:0.4:0.1")
+        if name not in args.inits or name in args.lpft:
+            fail(f"--shrink-perturb {item!r}: {name!r} is not an --init NAME, or also in --lpft "
+                 f"(a probe-fitted head needs the encoder's own batch-norm statistics)")
+        sp[name] = (shrink, perturb)
+    args.shrink_perturb = sp
     if set(args.probe_only) - set(args.inits):
         fail(f"--probe-only {' '.join(sorted(set(args.probe_only) - set(args.inits)))}: not an --init "
              f"NAME (known: {', '.join(args.inits) or 'none'})")

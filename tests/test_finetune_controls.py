@@ -171,3 +171,44 @@ def test_init_beside_the_same_named_backbone(digits_run, capsys):
     with pytest.raises(RecipeError, match="model.mode=finetune"):
         build(ClassifierConfig, {"init": bundle, "backbone": "vgg_sep"}, "model")
     capsys.readouterr()
+
+
+def test_shrink_and_perturb_mixes_loaded_and_fresh_weights(digits_run, capsys):
+    """init_shrink / init_perturb: every loaded parameter = shrink x loaded + perturb x the fresh
+    initialisation the same seed draws; batch-norm statistics stay as loaded; (1, 0) is a plain
+    load and (0, 1) the fresh network."""
+    from genlab.core.schema import build
+    from genlab.families.classifier import Classifier, ClassifierConfig
+
+    bundle, info = str(digits_run.run_dir / "export"), digits_run.data.info
+
+    def make(**mix):
+        torch.manual_seed(3)
+        cfg = build(ClassifierConfig, {"init": bundle, "mode": "finetune", **mix}, "model")
+        return Classifier(cfg, info).backbone.encoder
+
+    plain, fresh, mixed = make(), make(init_shrink=0.0, init_perturb=1.0), make(init_shrink=0.4, init_perturb=0.1)
+    exported = digits_run.model.backbone.state_dict()
+    for (name, p), (_, f), (_, m) in zip(plain.named_parameters(), fresh.named_parameters(),
+                                         mixed.named_parameters()):
+        assert torch.equal(p, exported[name])                      # a plain load is the export
+        torch.testing.assert_close(m, 0.4 * p + 0.1 * f)
+        if p.dim() > 1:
+            assert not torch.allclose(f, p)                        # fresh weights are not the export
+    for (name, b), (_, bm) in zip(plain.named_buffers(), mixed.named_buffers()):
+        assert torch.equal(b, bm), name                            # statistics as loaded
+    capsys.readouterr()
+
+
+def test_shrink_and_perturb_needs_init_and_a_random_head(digits_run):
+    from genlab.core.schema import build
+    from genlab.families.classifier import ClassifierConfig
+
+    with pytest.raises(Exception, match="init is not set"):
+        build(ClassifierConfig, {"init_shrink": 0.5}, "model")
+    with pytest.raises(Exception, match="batch-norm statistics"):
+        build(ClassifierConfig, {"init": str(digits_run.run_dir / "export"), "mode": "finetune",
+                                 "init_perturb": 0.1, "head_init": "probe"}, "model")
+    with pytest.raises(Exception, match="init_shrink"):
+        build(ClassifierConfig, {"init": str(digits_run.run_dir / "export"), "mode": "finetune",
+                                 "init_shrink": 1.5}, "model")

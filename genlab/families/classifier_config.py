@@ -30,6 +30,10 @@ class ClassifierConfig:
         "on the frozen features of the labelled training images before step 0 (LP-FT with finetune)")
     head_init_max_images: int = param(10_000, ge=2, help="head_init probe: at most this many train "
                                       "(and val, to choose C) images")
+    init_shrink: float = param(1.0, ge=0, le=1, help="init: each loaded parameter x this (with "
+                               "init_perturb: shrink and perturb, a warm start that keeps learning)")
+    init_perturb: float = param(0.0, ge=0, le=1, help="init: plus this x the parameter's fresh random "
+                                "initialisation")
     encoder_lr_mult: float = param(0.1, gt=0, help="backbone lr = train.lr x this (finetune, gradual)")
     unfreeze_every: int = param(200, ge=1, help="gradual: steps between unfreezing backbone stages")
     allow_shape_mismatch: bool = param(False, help="init: rebuild the encoder for the data's input "
@@ -67,6 +71,13 @@ class ClassifierConfig:
             if self.mode == "scratch":
                 raise ValueError("mode: 'scratch' trains from random weights, but init loads an exported "
                                  "encoder; use finetune, linear_probe or gradual (--set model.mode=finetune)")
+            if self.head_init == "probe" and (self.init_shrink != 1.0 or self.init_perturb != 0.0):
+                raise ValueError("head_init: 'probe' fits the head on the backbone in eval mode, whose "
+                                 "batch-norm statistics are the bundle's and do not match shrunk or "
+                                 "perturbed weights; use head_init: random with init_shrink/init_perturb")
+        elif self.init_shrink != 1.0 or self.init_perturb != 0.0:
+            raise ValueError("init_shrink/init_perturb: mix a loaded encoder with fresh weights, but "
+                             "init is not set")
         elif self.backbone == "encoder":
             raise ValueError("backbone: 'encoder' needs init (an exported encoder bundle)")
         if self.pretrained and self.name != "resnet18":

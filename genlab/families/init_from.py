@@ -7,11 +7,19 @@ A shape mismatch (e.g. a bundle trained on another input size) is an error unles
 then the encoder is rebuilt for the data's shape and the tensors whose shape differs are
 skipped (they keep their fresh initialisation). The report is printed by the caller and kept
 in the new run's own export/encoder.json as `init_report`.
+
+Shrink and perturb (`shrink < 1` or `perturb > 0`; after Ash & Adams, "On warm-starting neural
+network training", NeurIPS 2020): every loaded parameter becomes shrink x loaded + perturb x its
+own fresh initialisation. A warm start that fits the new labels no faster than random weights and
+generalises worse is the pathology they describe; behind batch norm the shrink changes no output
+but makes each update larger relative to the weights, and the perturbation mixes fresh random
+directions back in. Buffers (batch-norm statistics) are not mixed: training re-estimates them.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from genlab.core.bundle import load_bundle
@@ -68,8 +76,21 @@ def load_bundle_weights(module: nn.Module, weights: Path, allow_shape_mismatch: 
     return {"loaded": loaded, "skipped": skipped, "missing": missing}
 
 
+def shrink_perturb(module: nn.Module, fresh: dict, names: set[str], shrink: float, perturb: float) -> int:
+    """Parameters named in `names` become shrink x themselves + perturb x `fresh` (the module's
+    own initialisation, captured before loading); the number of tensors changed."""
+    n = 0
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name in names:
+                p.mul_(shrink).add_(fresh[name].to(p), alpha=perturb)
+                n += 1
+    return n
+
+
 def backbone_from_bundle(path: Path, in_shape: list[int], pre: dict, value_range,
-                         allow_shape_mismatch: bool) -> tuple[nn.Module, dict, dict]:
+                         allow_shape_mismatch: bool, shrink: float = 1.0,
+                         perturb: float = 0.0) -> tuple[nn.Module, dict, dict]:
     """(backbone, its build_backbone arguments, init report): the bundle's encoder rebuilt as a
     genlab.nn.backbones "encoder" backbone behind the preprocessing `pre` (CLAHE settings),
     with the bundle's weights loaded. `value_range` is the data's, compared with the bundle's."""
@@ -84,7 +105,12 @@ def backbone_from_bundle(path: Path, in_shape: list[int], pre: dict, value_range
         backbone = build_backbone(**args)
     except (ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot rebuild its encoder: {e}") from None
+    fresh = {k: v.detach().clone() for k, v in backbone.encoder.named_parameters()}
     report = load_bundle_weights(backbone.encoder, weights, allow_shape_mismatch)
+    if shrink != 1.0 or perturb != 0.0:
+        n = shrink_perturb(backbone.encoder, fresh, {d["name"] for d in report["loaded"]}, shrink, perturb)
+        notes.append(f"shrink and perturb: {n} loaded parameter tensors = {shrink:g} x loaded "
+                     f"+ {perturb:g} x fresh initialisation (batch-norm statistics as loaded)")
     vr = meta.get("value_range")
     if vr is not None and [float(v) for v in vr] != [float(v) for v in value_range]:
         notes.append(f"bundle value_range {vr} differs from the data's {list(value_range)}")
@@ -109,4 +135,5 @@ def format_init_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["backbone_from_bundle", "bundle_for_data", "format_init_report", "load_bundle_weights"]
+__all__ = ["backbone_from_bundle", "bundle_for_data", "format_init_report", "load_bundle_weights",
+           "shrink_perturb"]
