@@ -73,7 +73,8 @@ def test_brain_labelled_split(classes):
 def _args(bundle):
     return SimpleNamespace(labels=[8, 16], budgets={8: 4, 16: 6}, eval_points=3, patience=2, pool=200,
                            val_size=16, test_size=16, device="cpu", batch_size=64, lr=None, set=list(SMALL),
-                           inits={"enc": bundle}, encoder_lr_mult=0.1, gradual=[], lpft=[])
+                           inits={"enc": bundle}, encoder_lr_mult=0.1, gradual=[], lpft=[],
+                           shrink_perturb={})
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,27 @@ def test_same_images_for_every_initialisation_of_a_seed(bundle):
     assert not any(torch.equal(a, b) for a, b in zip(ref, images("scratch", 1)))
     # an encoder trained on another input size sees the same images at its size
     assert "data.size=[16,12]" in le.overrides(args, "enc", 16, 0, shapes | {"enc": [16, 12]})
+
+
+def test_shrink_perturb_rows_mix_the_encoder_and_only_they(bundle):
+    args = _args(bundle)
+    args.shrink_perturb = {"enc": (0.4, 0.1)}
+    shapes = {"scratch": [32, 24], "enc": [32, 24]}
+    ov = le.overrides(args, "enc", 16, 0, shapes)
+    assert ov[-2:] == ["model.init_shrink=0.4", "model.init_perturb=0.1"]
+    rec = load_recipe(RECIPE, ov)
+    assert (rec.model.init_shrink, rec.model.init_perturb) == (0.4, 0.1)
+    for row in ("scratch", "enc/probe"):
+        assert not any("init_shrink" in o for o in le.overrides(args, row, 16, 0, shapes))
+
+
+@pytest.mark.parametrize("value, message", [("enc:0.4", "expected NAME:SHRINK:PERTURB"),
+                                            ("other:0.4:0.1", "not an --init NAME")])
+def test_bad_shrink_perturb_is_named(bundle, value, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        le.main(["--init", f"enc={bundle}", "--shrink-perturb", value, "--report-only",
+                 "--results", "/nonexistent/r.jsonl"])
+    assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def _row(row, n, seed, acc, auc, best=None):
