@@ -138,6 +138,8 @@ def overrides(args, row: str, n: int, seed: int, shapes: dict) -> list[str]:
         if name in args.shrink_perturb and not row.endswith("/probe"):
             shrink, perturb = args.shrink_perturb[name]
             out += [f"model.init_shrink={shrink}", f"model.init_perturb={perturb}"]
+        if name in args.init_reset and not row.endswith("/probe"):
+            out.append(f"model.init_reset=[{','.join(args.init_reset[name])}]")
     return out
 
 
@@ -255,6 +257,9 @@ def main(argv=None) -> int:
     p.add_argument("--shrink-perturb", action="append", default=[], metavar="NAME:SHRINK:PERTURB",
                    help="the NAME row fine-tunes from SHRINK x the encoder + PERTURB x a fresh "
                    "initialisation (model.init_shrink / init_perturb; not with --lpft NAME)")
+    p.add_argument("--init-reset", action="append", default=[], metavar="NAME:LAYER[,LAYER]",
+                   help="the NAME row starts these encoder layers from fresh weights and transfers "
+                   "only the others (model.init_reset, e.g. distill:features.3; not with --lpft NAME)")
     p.add_argument("--probe-only", nargs="+", default=[], metavar="NAME",
                    help="these --init encoders get only their frozen-probe row NAME/probe (an encoder "
                    "that is not a backbone to fine-tune, e.g. the atlas's residual statistics)")
@@ -309,6 +314,14 @@ def main(argv=None) -> int:
                  f"(a probe-fitted head needs the encoder's own batch-norm statistics)")
         sp[name] = (shrink, perturb)
     args.shrink_perturb = sp
+    resets = {}
+    for item in args.init_reset:
+        name, _, layers = item.partition(":")
+        if name not in args.inits or name in args.lpft or not layers:
+            fail(f"--init-reset {item!r}: expected NAME:LAYER[,LAYER] with an --init NAME that is "
+                 f"not in --lpft (a probe-fitted head needs the encoder's own top layers)")
+        resets[name] = layers.split(",")
+    args.init_reset = resets
     if set(args.probe_only) - set(args.inits):
         fail(f"--probe-only {' '.join(sorted(set(args.probe_only) - set(args.inits)))}: not an --init "
              f"NAME (known: {', '.join(args.inits) or 'none'})")

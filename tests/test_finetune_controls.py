@@ -212,3 +212,37 @@ def test_shrink_and_perturb_needs_init_and_a_random_head(digits_run):
     with pytest.raises(Exception, match="init_shrink"):
         build(ClassifierConfig, {"init": str(digits_run.run_dir / "export"), "mode": "finetune",
                                  "init_shrink": 1.5}, "model")
+
+
+def test_init_reset_transfers_only_the_layers_below(digits_run, capsys):
+    """init_reset: the named stage starts from the fresh initialisation the seed draws (weights
+    and batch-norm statistics), every other tensor is the export's; the report says which."""
+    from genlab.core.errors import RecipeError
+    from genlab.core.schema import build
+    from genlab.families.classifier import Classifier, ClassifierConfig
+
+    bundle, info = str(digits_run.run_dir / "export"), digits_run.data.info
+
+    def make(**more):
+        torch.manual_seed(5)
+        cfg = build(ClassifierConfig, {"init": bundle, "mode": "finetune", **more}, "model")
+        return Classifier(cfg, info)
+
+    top = [n for n in named_layers(make().backbone) if n.startswith("features.")][-1].split(".")[:2]
+    top = ".".join(top)  # the last stage of the encoder, e.g. features.2
+    fresh = make(init_shrink=0.0, init_perturb=1.0).backbone.encoder.state_dict()  # params only
+    m = make(init_reset=[top])
+    exported = digits_run.model.backbone.state_dict()
+    reset = {d["name"] for d in m.init_report["reset"]}
+    assert reset and all(n.startswith(top + ".") for n in reset)
+    assert not {d["name"] for d in m.init_report["loaded"]} & reset
+    for name, t in m.backbone.encoder.state_dict().items():
+        if name in reset and not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(t, fresh[name]), name                # fresh weights
+        elif name in reset:
+            assert not torch.equal(t, exported[name]) or "num_batches" in name  # fresh statistics
+        else:
+            assert torch.equal(t, exported[name]), name             # transferred
+    assert "reset" in capsys.readouterr().out
+    with pytest.raises(RecipeError, match=r"model.init_reset: unknown layer nope"):
+        make(init_reset=["nope"])

@@ -74,7 +74,7 @@ def _args(bundle):
     return SimpleNamespace(labels=[8, 16], budgets={8: 4, 16: 6}, eval_points=3, patience=2, pool=200,
                            val_size=16, test_size=16, device="cpu", batch_size=64, lr=None, set=list(SMALL),
                            inits={"enc": bundle}, encoder_lr_mult=0.1, gradual=[], lpft=[],
-                           shrink_perturb={})
+                           shrink_perturb={}, init_reset={})
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +115,10 @@ def test_shrink_perturb_rows_mix_the_encoder_and_only_they(bundle):
     assert (rec.model.init_shrink, rec.model.init_perturb) == (0.4, 0.1)
     for row in ("scratch", "enc/probe"):
         assert not any("init_shrink" in o for o in le.overrides(args, row, 16, 0, shapes))
+    args.shrink_perturb, args.init_reset = {}, {"enc": ["features.1", "features.2"]}
+    ov = le.overrides(args, "enc", 16, 0, shapes)
+    assert ov[-1] == "model.init_reset=[features.1,features.2]"
+    assert load_recipe(RECIPE, ov).model.init_reset == ["features.1", "features.2"]
 
 
 @pytest.mark.parametrize("value, message", [("enc:0.4", "expected NAME:SHRINK:PERTURB"),

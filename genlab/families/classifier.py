@@ -8,7 +8,8 @@ Head: dropout + linear (the default), or with `head: [1024, 512]` dense layers (
 Backbones: those of genlab.nn.backbones, or the encoder of an exported bundle (`init:` a bundle
 folder or a run folder with export/) under a new head; genlab.families.init_from loads it and
 prints what it loaded (a shape mismatch is an error unless `allow_shape_mismatch: true`);
-`init_shrink` / `init_perturb` mix the loaded weights with fresh ones (shrink and perturb).
+`init_shrink` / `init_perturb` mix the loaded weights with fresh ones (shrink and perturb);
+`init_reset` names layers that start fresh (only the layers below them are transferred).
 
 Modes (what trains, `mode:`):
     scratch       everything, from random weights, at train.lr
@@ -78,9 +79,12 @@ class Classifier(Family):
         pre = {"clahe": cfg.clahe, "clahe_clip": cfg.clahe_clip, "clahe_grid": list(cfg.clahe_grid)}
         self.init_report: dict | None = None
         if cfg.init is not None:
-            self.backbone, self._backbone_args, self.init_report = backbone_from_bundle(
-                cfg.init, in_shape, pre, info.value_range, cfg.allow_shape_mismatch,
-                cfg.init_shrink, cfg.init_perturb)
+            try:
+                self.backbone, self._backbone_args, self.init_report = backbone_from_bundle(
+                    cfg.init, in_shape, pre, info.value_range, cfg.allow_shape_mismatch,
+                    cfg.init_shrink, cfg.init_perturb, cfg.init_reset)
+            except ValueError as e:  # an unknown layer name in init_reset
+                raise RecipeError("model.init_reset", str(e)) from None
             _same_backbone(cfg, self._backbone_args["encoder"])
             print(format_init_report(self.init_report), flush=True)
         else:

@@ -34,6 +34,9 @@ class ClassifierConfig:
                                "init_perturb: shrink and perturb, a warm start that keeps learning)")
     init_perturb: float = param(0.0, ge=0, le=1, help="init: plus this x the parameter's fresh random "
                                 "initialisation")
+    init_reset: list[str] = param(default_factory=list, help="init: these layers or stages (names: "
+                                  "`genlab probe RUN --list-layers`) start from fresh weights, e.g. "
+                                  "[features.3]: transfer only the layers below")
     encoder_lr_mult: float = param(0.1, gt=0, help="backbone lr = train.lr x this (finetune, gradual)")
     unfreeze_every: int = param(200, ge=1, help="gradual: steps between unfreezing backbone stages")
     allow_shape_mismatch: bool = param(False, help="init: rebuild the encoder for the data's input "
@@ -75,8 +78,8 @@ class ClassifierConfig:
                 raise ValueError("head_init: 'probe' fits the head on the backbone in eval mode, whose "
                                  "batch-norm statistics are the bundle's and do not match shrunk or "
                                  "perturbed weights; use head_init: random with init_shrink/init_perturb")
-        elif self.init_shrink != 1.0 or self.init_perturb != 0.0:
-            raise ValueError("init_shrink/init_perturb: mix a loaded encoder with fresh weights, but "
+        elif self.init_shrink != 1.0 or self.init_perturb != 0.0 or self.init_reset:
+            raise ValueError("init_shrink/init_perturb/init_reset: change a loaded encoder, but "
                              "init is not set")
         elif self.backbone == "encoder":
             raise ValueError("backbone: 'encoder' needs init (an exported encoder bundle)")

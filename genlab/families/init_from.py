@@ -14,6 +14,11 @@ own fresh initialisation. A warm start that fits the new labels no faster than r
 generalises worse is the pathology they describe; behind batch norm the shrink changes no output
 but makes each update larger relative to the weights, and the perturbation mixes fresh random
 directions back in. Buffers (batch-norm statistics) are not mixed: training re-estimates them.
+
+Reset (`reset`: layer names as genlab.nn.layer_names gives them): those layers go back to their
+fresh initialisation after loading (parameters and batch-norm statistics), so only the layers
+below them are transferred: with plentiful labels the top of an encoder trained for another
+objective can cost more than it gives, while its lower filters still help.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from genlab.core.bundle import load_bundle
 from genlab.core.errors import CheckpointError
 from genlab.families.export import BUNDLE_FORMAT, BUNDLE_NAME, read_bundle_meta
 from genlab.nn.backbones import build_backbone
+from genlab.nn.layer_names import find_layers
 
 
 def bundle_for_data(path: Path, in_shape: list[int], allow: bool) -> tuple[dict, Path, dict, list[str]]:
@@ -88,12 +94,26 @@ def shrink_perturb(module: nn.Module, fresh: dict, names: set[str], shrink: floa
     return n
 
 
+def reset_layers(module: nn.Module, layers: list[nn.Module], fresh: dict) -> set[str]:
+    """Every tensor (parameters and buffers) of `layers`, submodules of `module`, back to `fresh`
+    (module's state captured before loading); the names reset."""
+    key = {id(t): k for k, t in module.state_dict(keep_vars=True).items()}
+    names = set()
+    with torch.no_grad():
+        for layer in layers:
+            for t in layer.state_dict(keep_vars=True).values():
+                t.copy_(fresh[key[id(t)]])
+                names.add(key[id(t)])
+    return names
+
+
 def backbone_from_bundle(path: Path, in_shape: list[int], pre: dict, value_range,
-                         allow_shape_mismatch: bool, shrink: float = 1.0,
-                         perturb: float = 0.0) -> tuple[nn.Module, dict, dict]:
+                         allow_shape_mismatch: bool, shrink: float = 1.0, perturb: float = 0.0,
+                         reset: list[str] = ()) -> tuple[nn.Module, dict, dict]:
     """(backbone, its build_backbone arguments, init report): the bundle's encoder rebuilt as a
     genlab.nn.backbones "encoder" backbone behind the preprocessing `pre` (CLAHE settings),
-    with the bundle's weights loaded. `value_range` is the data's, compared with the bundle's."""
+    with the bundle's weights loaded. `value_range` is the data's, compared with the bundle's.
+    An unknown name in `reset` is a ValueError that lists the valid ones."""
     meta, weights, enc_cfg, notes = bundle_for_data(path, in_shape, allow_shape_mismatch)
     pre = dict(pre)
     if pre["clahe"] and enc_cfg.get("clahe"):  # another classifier's backbone: CLAHE inside
@@ -105,8 +125,13 @@ def backbone_from_bundle(path: Path, in_shape: list[int], pre: dict, value_range
         backbone = build_backbone(**args)
     except (ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot rebuild its encoder: {e}") from None
-    fresh = {k: v.detach().clone() for k, v in backbone.encoder.named_parameters()}
+    fresh = {k: v.detach().clone() for k, v in backbone.encoder.state_dict().items()}
+    layers = find_layers(backbone, list(reset))
     report = load_bundle_weights(backbone.encoder, weights, allow_shape_mismatch)
+    if layers:
+        names = reset_layers(backbone.encoder, layers, fresh)
+        report["reset"] = [d for d in report["loaded"] if d["name"] in names]
+        report["loaded"] = [d for d in report["loaded"] if d["name"] not in names]
     if shrink != 1.0 or perturb != 0.0:
         n = shrink_perturb(backbone.encoder, fresh, {d["name"] for d in report["loaded"]}, shrink, perturb)
         notes.append(f"shrink and perturb: {n} loaded parameter tensors = {shrink:g} x loaded "
@@ -127,13 +152,14 @@ def format_init_report(r: dict) -> str:
 
     head = (f"init from {r['bundle']} (family {r.get('family')}, builder {r['builder']}, "
             f"step {r.get('step')}): {len(r['loaded'])} tensors loaded, {len(r['skipped'])} "
-            f"skipped, {len(r['missing'])} missing")
+            f"skipped, {len(r['missing'])} missing" + (f", {len(r['reset'])} reset" if r.get("reset") else ""))
     lines = [head]
     lines += [f"  loaded:  {names(r['loaded'])}", f"  skipped: {names(r['skipped'])}",
               f"  missing: {names(r['missing'])}"]
+    lines += [f"  reset:   {names(r['reset'])} (fresh initialisation)"] if r.get("reset") else []
     lines += [f"  note:    {n}" for n in r.get("notes", [])]
     return "\n".join(lines)
 
 
 __all__ = ["backbone_from_bundle", "bundle_for_data", "format_init_report", "load_bundle_weights",
-           "shrink_perturb"]
+           "reset_layers", "shrink_perturb"]
