@@ -17,7 +17,8 @@ cross-entropy of that head on its fakes against their class, so D must learn wha
 the classes and G must draw it; against a D that overfits or wins, the R1 penalty on real
 images (`r1_gamma`, lazily every `r1_every` steps) and DiffAugment (`d_augment`,
 genlab.nn.gan_augment) on both D inputs. With `g_atlas`, G draws no anatomy: a frozen learned
-atlas at a drawn pose, plus drawn lesion discs and noise (genlab.nn.gan_atlas).
+atlas at a drawn pose, plus drawn lesion discs and noise (genlab.nn.gan_atlas); `d_atlas_view`
+shows D each slice's departure from that atlas, amplified (genlab.families.gan_atlas).
 
 Scores (`summarize`, over the evaluated split, from the EMA generator): features come from a
 fixed judge, `fid_extractor` (an exported genlab encoder trained on the same data) or, when
@@ -43,13 +44,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genlab.core.errors import RecipeError
 from genlab.core.registry import register_family
 from genlab.data.base import DataInfo
 from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
-from genlab.families.gan_atlas import build_atlas_generator, fit_atlas_pose
+from genlab.families.gan_atlas import atlas_view, build_atlas_generator, fit_atlas_pose
 from genlab.families.gan_config import GANConfig
-from genlab.families.gan_judge import judge_name
+from genlab.families.gan_fid import build_fid_judge
 from genlab.families.gan_scores import LesionScores, frechet_and_pr
 from genlab.metrics import generative as gen_metrics
 from genlab.nn.gan_atlas import ATLAS_GENERATOR_BUILDER
@@ -62,7 +62,7 @@ from genlab.nn.gan_losses import (
     gradient_penalty,
     mode_seeking_ratio,
     r1_penalty,
-    random_conv_judge,
+    same_class_pairs,
 )
 from genlab.nn.optim import build_optimizer
 from genlab.viz.render import image_grid, tile_kernels
@@ -70,16 +70,6 @@ from genlab.viz.render import image_grid, tile_kernels
 FIXED_NOISE_SEED = 1234  # the render grid's noise: the same at every render of every run
 D_WINS_LOSS, D_WINS_STEPS = 0.05, 200  # warn when the D loss stays below this for this many steps
 COLLAPSE_RECALL, COLLAPSE_DIVERSITY = 0.2, 0.5  # warn when recall or diversity falls below
-
-
-def same_class_pairs(y: torch.Tensor) -> torch.Tensor:
-    """Labels for a conditional G step whose mode-seeking pairs (example i of the first half, i
-    of the second) share a class: the first half's labels, twice (plus an odd last one). With the
-    real batch's labels, most pairs differ in class, so the class alone makes them differ and
-    the term stops rewarding variety within a class; a G that draws one image per class then
-    pays nothing for it."""
-    h = y.shape[0] // 2
-    return torch.cat([y[:h], y[:h], y[2 * h:]])
 
 
 @register_family("gan")
@@ -102,8 +92,7 @@ class GAN(Family):
                                cfg.spectral_norm, cfg.d_mbstd, self._ac_outputs(cfg, ncls),
                                cfg.d_projection)
         if cfg.g_atlas is not None:  # the anatomy from a frozen atlas; G draws pose and lesions
-            self.G, self._gen_args = build_atlas_generator(cfg.g_atlas, info, cfg.z_dim, ncls,
-                                                           cfg.g_lesion_slots)
+            self.G, self._gen_args = build_atlas_generator(cfg, info, ncls)
         else:
             self._gen_args = {"out_shape": list(info.input_shape), "z_dim": cfg.z_dim,
                               "num_classes": ncls, "norm": cfg.g_norm, "upsample": cfg.g_upsample,
@@ -116,7 +105,7 @@ class GAN(Family):
         # The EMA generator lives in the state_dict (checkpoints hold it); never optimised.
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         # The judge is a fixed function, kept out of the state_dict (a plain dict attribute).
-        self.judge_name, judge = self._build_judge(cfg.fid_extractor, info)
+        self.judge_name, judge = build_fid_judge(cfg.fid_extractor, info)
         self._judge = {"net": judge}
         self._lesion = (None if cfg.lesion_judge is None
                         else LesionScores(cfg.lesion_judge, info, cfg.conditional))
@@ -131,19 +120,6 @@ class GAN(Family):
         if cfg.ac_weight == 0:
             return 0
         return num_classes + (1 if cfg.ac_fakes == "fake" else 0)
-
-    @staticmethod
-    def _build_judge(path: Path | None, info: DataInfo):
-        if path is None:
-            return "random_conv", random_conv_judge(info.input_shape)
-        from genlab.families.export import load_encoder
-
-        net = load_encoder(path).requires_grad_(False)
-        meta = net.bundle_meta
-        if tuple(meta["input_shape"]) != tuple(info.input_shape):
-            raise RecipeError("model.fid_extractor", f"the encoder takes {tuple(meta['input_shape'])} "
-                              f"images, the data are {tuple(info.input_shape)}")
-        return judge_name(meta.get("recipe") or meta.get("family")), net
 
     def _warn_once(self, key: str, msg: str, stacklevel: int = 3) -> None:
         if key not in self._warned:
@@ -160,9 +136,13 @@ class GAN(Family):
             return torch.randn(n, self.latent_dim, device=device)
         return torch.randn(n, self.latent_dim, generator=generator).to(device)
 
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        """What D sees of x: x, or with d_atlas_view its difference from the atlas amplified."""
+        return x if self.cfg.d_atlas_view == 0 else atlas_view(self.G, x, self.cfg.d_atlas_view)
+
     def _d(self, x: torch.Tensor, y: torch.Tensor | None, with_class: bool):
         """D on the augmented x (cfg.d_augment): (scores (B,), class logits (B, K) or None)."""
-        out = self.D(diff_augment(x, self.cfg.d_augment), y, with_class)
+        out = self.D(diff_augment(self._view(x), self.cfg.d_augment), y, with_class)
         return (out[0].float(), out[1].float()) if with_class else (out.float(), None)
 
     def d_step(self, real: torch.Tensor, y: torch.Tensor | None, ctx: StepContext) -> dict:
@@ -192,7 +172,7 @@ class GAN(Family):
             out["r1"] = r1.detach()
         if cfg.loss == "wgan-gp":
             eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
-            gp = gradient_penalty(lambda x: self.D(x, y).float(), real, fake.float(), eps)
+            gp = gradient_penalty(lambda x: self.D(self._view(x), y).float(), real, fake.float(), eps)
             loss = loss + self.cfg.gp_weight * gp
             out["gp"] = gp.detach()
         ctx.update("d", loss)
@@ -258,7 +238,7 @@ class GAN(Family):
         x = batch["x"]
         y = batch["y"] if self.conditional else None
         fake = self.G_ema(self._noise(x.shape[0], x.device, eval_generator(batch)), y).float()
-        d_real, d_fake = self.D(x, y).float(), self.D(fake, y).float()
+        d_real, d_fake = self.D(self._view(x), y).float(), self.D(self._view(fake), y).float()
         judge = self._judge["net"].to(x.device)
         out = {"d_real": d_real.mean(), "d_fake": d_fake.mean(),  # D's mean raw score
                "feat_real": judge(x).float(), "feat_fake": judge(fake).float()}  # (B, D) each
@@ -323,7 +303,9 @@ class GAN(Family):
         y = batch["y"][:64] if self.conditional else None
         g = torch.Generator().manual_seed(FIXED_NOISE_SEED)
         fake = self.G_ema(self._noise(x.shape[0], x.device, g), y)
-        return {"d_real": self.D(x, y), "d_fake": self.D(fake, y), "trunk_features": self.D.trunk(x)}
+        vx = self._view(x)
+        return {"d_real": self.D(vx, y), "d_fake": self.D(self._view(fake), y),
+                "trunk_features": self.D.trunk(vx)}
 
     # -- optional capabilities ---------------------------------------------------------------
     @torch.no_grad()

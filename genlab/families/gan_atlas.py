@@ -9,7 +9,7 @@ anatomy D then has to chase; frozen, all of G's learning goes into pose, lesions
 """
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,14 +17,18 @@ from genlab.core.errors import GenlabError, RecipeError
 from genlab.data.base import DataInfo
 from genlab.nn.gan_atlas import AtlasGenerator
 
+if TYPE_CHECKING:
+    from genlab.families.gan_config import GANConfig
+
 KEY = "model.g_atlas"
 
 
-def build_atlas_generator(path: Path, info: DataInfo, code_dim: int, num_classes: int,
-                          slots: int) -> tuple[AtlasGenerator, dict]:
-    """(generator, its constructor arguments) with the atlas of the export at `path`."""
+def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> tuple[AtlasGenerator, dict]:
+    """(generator, its constructor arguments) with the atlas of the export at cfg.g_atlas (cfg:
+    the family's GANConfig: z_dim and the g_lesion_* keys)."""
     from genlab.families.export import load_encoder
 
+    path = cfg.g_atlas
     try:
         enc = load_encoder(path)
     except GenlabError as e:  # no bundle there, or a broken one: say which recipe key named it
@@ -37,11 +41,16 @@ def build_atlas_generator(path: Path, info: DataInfo, code_dim: int, num_classes
     if shape != [int(v) for v in info.input_shape]:
         raise RecipeError(KEY, f"the atlas at '{path}' is for {tuple(shape)} images, the data are "
                           f"{tuple(info.input_shape)}")
-    cfg = meta["config"]
-    args = {"out_shape": shape, "widths": list(cfg["widths"]), "up": int(cfg["up"]), "code_dim": code_dim,
-            "num_classes": num_classes, "slots": slots,
-            "max_log_scale": float(cfg.get("max_log_scale", 0.3)),
-            "max_shift": float(cfg.get("max_shift", 0.3))}
+    atlas_cfg = meta["config"]
+    args = {"out_shape": shape, "widths": list(atlas_cfg["widths"]), "up": int(atlas_cfg["up"]),
+            "code_dim": cfg.z_dim, "num_classes": num_classes, "slots": cfg.g_lesion_slots,
+            "max_log_scale": float(atlas_cfg.get("max_log_scale", 0.3)),
+            "max_shift": float(atlas_cfg.get("max_shift", 0.3))}
+    # only when not the default: bundles written before these keys load as they were
+    if cfg.g_lesion_layout != "slots":
+        args["layout"] = cfg.g_lesion_layout
+    if cfg.g_lesion_gain is not None:
+        args["lesion_gain"] = [float(v) for v in cfg.g_lesion_gain]
     gen = AtlasGenerator(**args)
     gen.atlas.load_state_dict(enc.atlas.state_dict())
     gen.fit_template_frame()
@@ -56,4 +65,16 @@ def fit_atlas_pose(gen: AtlasGenerator, gen_ema: AtlasGenerator, real: torch.Ten
         getattr(gen_ema, name).copy_(getattr(gen, name))
 
 
-__all__ = ["KEY", "build_atlas_generator", "fit_atlas_pose"]
+def atlas_view(gen: AtlasGenerator, x: torch.Tensor, k: float) -> torch.Tensor:
+    """x + k (x - the atlas's rendering of x at x's own pose): what D sees with d_atlas_view k.
+    The rendering is the healthy anatomy, so the difference is what the slice adds to it (its
+    tumours, its noise); amplified, hard mode's faint tumours (0.06-0.13 above the anatomy) stand
+    out to D as easy mode's do, while the image keeps its anatomy for D's real/fake judgement.
+    The rendering is a constant to the gradients (the atlas is frozen and no one trains its pose
+    net): D's gradient reaches x, and through it G, times 1 + k."""
+    with torch.no_grad():
+        base = gen.atlas.render(gen.atlas.pose(x)).clamp(0, 1).to(x.dtype)
+    return x + k * (x - base)
+
+
+__all__ = ["KEY", "atlas_view", "build_atlas_generator", "fit_atlas_pose"]

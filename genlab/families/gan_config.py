@@ -79,6 +79,19 @@ class GANConfig:
                                  "(g_width, g_norm, g_upsample, g_output, g_class_norm, g_full_res) "
                                  "do not apply (null: the conv generator)")
     g_lesion_slots: int = param(48, ge=1, help="g_atlas: the most lesion discs one image can have")
+    g_lesion_layout: Literal["slots", "lattice"] = param(
+        "slots", help="g_atlas: where a cluster's discs sit: slots (around the cluster centre at "
+        "a drawn spread plus an offset learnt per slot) or lattice (the points of a hexagonal "
+        "lattice nearest the centre, turned and jittered at random, at a learnt spacing: no two "
+        "discs nearer than 1.2 px; genlab.nn.gan_lesion_layout)")
+    g_lesion_gain: list[float] | None = param(None, help="g_atlas: [low, high], the brightness a "
+                                              "lesion may add where it saturates; G starts at "
+                                              "the middle (null: [0.15, 0.6], starting at 0.35, "
+                                              "for easy-mode tumours)")
+    d_atlas_view: float = param(0.0, ge=0, help="g_atlas: D sees x + this times (x - the atlas's "
+                                "rendering of x at its own pose), real and fake alike: the slice's "
+                                "departure from the healthy anatomy (its tumours) amplified, for "
+                                "faint hard-mode tumours (0: D sees x)")
     best_on: Literal["fid", "agreement"] = param("fid", help="what checkpoints/best.pt is chosen on: "
                                                  "the lowest Frechet distance under fid_extractor, or "
                                                  "the highest mean agreement under lesion_judge "
@@ -96,8 +109,13 @@ class GANConfig:
         if self.g_atlas is not None and (self.g_class_norm or self.g_full_res):
             raise ValueError("g_atlas draws no conv layers: leave g_class_norm and g_full_res off "
                              f"(got g_class_norm: {self.g_class_norm}, g_full_res: {self.g_full_res})")
+        if self.d_atlas_view > 0 and self.g_atlas is None:
+            raise ValueError(f"d_atlas_view: {self.d_atlas_view} needs g_atlas (the atlas it compares with)")
         if self.best_on == "agreement" and not (self.conditional and self.lesion_judge is not None):
             raise ValueError("best_on: agreement needs conditional: true and a lesion_judge (got "
                              f"conditional: {self.conditional}, lesion_judge: {self.lesion_judge})")
+        gain = self.g_lesion_gain
+        if gain is not None and not (len(gain) == 2 and 0 < gain[0] < gain[1]):
+            raise ValueError(f"g_lesion_gain: expected [low, high] with 0 < low < high, got {gain}")
         if len(set(self.d_augment)) != len(self.d_augment):
             raise ValueError(f"d_augment: each transformation at most once, got {self.d_augment}")

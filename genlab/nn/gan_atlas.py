@@ -37,7 +37,11 @@ starting at 0, both bounded), how many discs are on (a count per image from h: d
 while k < count) and how big and bright they are (sigma_k, amp_k, the lesion gain). The ellipse
 is fitted to the template's head (mean and 2 standard deviations of its bright pixels, times
 AREA_FRACTION) and a disc centre pushed past it is pulled back onto it, so no lesion leaves the
-brain.
+brain. That is layout "slots" (the default); layout "lattice" (genlab.nn.gan_lesion_layout) puts
+disc k at point k of a turned, jittered hexagonal lattice at a learnt spacing instead, so no two
+discs of a cluster come nearer than a fixed distance (slots learnt, for one class, a bar of ~30
+discs in a line). `lesion_gain` sets the range of the lesion gain (hard mode's tumours are
+fainter than LESION_GAIN allows).
 """
 from __future__ import annotations
 
@@ -47,7 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.nn import gan_lesion_layout as layout_
 from genlab.nn.atlas import Atlas
+from genlab.nn.gan_lesion_layout import uniform_in_disc
 
 HEAD_LEVEL = 0.1  # template pixels brighter than this are head (the background is ~0.03)
 AREA_FRACTION = 0.7  # disc centres lie inside this fraction of the head ellipse (parenchyma)
@@ -109,13 +115,6 @@ def _inverse(value: float, lo_hi: tuple[float, float]) -> float:
     return math.log(t / (1 - t))
 
 
-def uniform_in_disc(u: torch.Tensor) -> torch.Tensor:
-    """(..., 2) standard normal -> uniform in the unit disc: the direction of u, at radius
-    sqrt(1 - exp(-|u|^2 / 2)) (|u|^2 / 2 is exponential, so that is sqrt of a uniform)."""
-    r2 = u.pow(2).sum(-1, keepdim=True)
-    return u * torch.sqrt(-torch.expm1(-r2 / 2) / r2.clamp_min(1e-12))
-
-
 def into_disc(q: torch.Tensor) -> torch.Tensor:
     """(..., 2) -> the same point, or, outside the unit disc, the nearest point on its edge."""
     return q / q.norm(dim=-1, keepdim=True).clamp_min(1.0)
@@ -131,13 +130,23 @@ class AtlasGenerator(nn.Module):
 
     def __init__(self, out_shape: list[int], widths: list[int], up: int, code_dim: int,
                  num_classes: int = 0, slots: int = 48, hidden: int = 128,
-                 max_log_scale: float = 0.3, max_shift: float = 0.3):
+                 max_log_scale: float = 0.3, max_shift: float = 0.3, layout: str = "slots",
+                 lesion_gain: tuple[float, float] | None = None):
         super().__init__()
         c, h, w = (int(v) for v in out_shape)
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
+        if layout not in ("slots", "lattice"):
+            raise ValueError(f"layout: expected 'slots' or 'lattice', got {layout!r}")
+        self.layout = layout
+        # the range of the lesion gain; given, G starts at its middle (default: LESION_GAIN, 0.35)
+        self.gain_range = LESION_GAIN if lesion_gain is None else tuple(float(v) for v in lesion_gain)
+        if not 0 < self.gain_range[0] < self.gain_range[1]:
+            raise ValueError(f"lesion_gain: expected 0 < low < high, got {list(self.gain_range)}")
+        init_gain = 0.35 if lesion_gain is None else sum(self.gain_range) / 2
         # z_dim: the whole noise vector a caller draws (as for the conv Generator); the first
-        # code_dim numbers feed the networks, the rest place and shape the discs directly
-        self.z_dim = self.code_dim + 6 + 2 + 2 * self.slots + 1
+        # code_dim numbers feed the networks, the rest place and shape the discs directly (the
+        # lattice layout: one more, the angle of the lattice)
+        self.z_dim = self.code_dim + 6 + 2 + 2 * self.slots + (layout == "lattice") + 1
         self.atlas = Atlas([c, h, w], widths, up, max_log_scale, max_shift).requires_grad_(False)
         self.register_buffer("pose_mean", torch.zeros(6))
         self.register_buffer("pose_sd", torch.zeros(6))  # 0 until fit_pose: the template's own pose
@@ -152,8 +161,11 @@ class AtlasGenerator(nn.Module):
         self.noise_amp = nn.Linear(code_dim, 1)
         self.trunk = nn.Sequential(nn.Linear(code_dim * (2 if num_classes else 1), hidden), nn.LeakyReLU(0.2),
                                    nn.Linear(hidden, hidden), nn.LeakyReLU(0.2))
-        # per image: log spread of the discs around the cluster centre, lesion gain, disc count
-        self.area = nn.Linear(hidden, 3)
+        # per image: log spread of the discs around the cluster centre (lattice: their spacing),
+        # lesion gain, disc count (lattice: and the share of jitter)
+        self.area = nn.Linear(hidden, 4 if layout == "lattice" else 3)
+        if layout == "lattice":
+            self.register_buffer("lattice", layout_.hex_points(self.slots), persistent=False)
         # one number for all classes and images: how far from the head's centre clusters may
         # sit (a share of the lesion area); it scales where they are, it cannot choose a place
         self.area_reach = nn.Parameter(torch.tensor(_inverse(0.8, AREA_REACH)))
@@ -162,6 +174,7 @@ class AtlasGenerator(nn.Module):
         self.slot_h = nn.Linear(hidden, 64)
         self.slot_in = nn.Linear(2 + SLOT_EMBED, 64, bias=False)
         self.slot_out = nn.Linear(64, 4)  # per disc: offset x, y, log sigma (px), log amplitude
+        self._init_gain = init_gain
         self._init_heads()
 
     @torch.no_grad()
@@ -174,8 +187,12 @@ class AtlasGenerator(nn.Module):
         # (sigma 1.5, amp e^3: saturated out to sigma sqrt(6)). Sharp, because D rejects faint
         # blurry blobs at once, and G, answering, switches them off before D's class head has
         # learnt that the classes differ by them (measured: 48 faint discs at e^-1, off by step 60)
-        self.area.bias.copy_(torch.tensor([_inverse(0.3, CLUSTER_SPREAD), _inverse(0.35, LESION_GAIN),
-                                           INIT_COUNT / COUNT_SCALE]))
+        first = (_inverse(0.3, CLUSTER_SPREAD) if self.layout == "slots"
+                 else _inverse(layout_.INIT_SPACING, layout_.SPACING))
+        bias = [first, _inverse(self._init_gain, self.gain_range), INIT_COUNT / COUNT_SCALE]
+        if self.layout == "lattice":
+            bias.append(_inverse(layout_.INIT_JITTER, layout_.JITTER))
+        self.area.bias.copy_(torch.tensor(bias))
         self.slot_out.bias.copy_(torch.tensor([0.0, 0.0, _inverse(1.5, SIGMA), _inverse(3.0, LOG_AMP)]))
         nn.init.zeros_(self.noise_amp.weight)
         self.noise_amp.bias.fill_(math.log(math.expm1(0.025)))  # softplus -> 0.025
@@ -209,8 +226,11 @@ class AtlasGenerator(nn.Module):
     # -- drawing -------------------------------------------------------------------------------
     def split_latent(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         z, k = self.code_dim, self.slots
-        return {"z": latent[:, :z], "pose": latent[:, z:z + 6], "area": latent[:, z + 6:z + 8],
-                "slots": latent[:, z + 8:z + 8 + 2 * k].view(-1, k, 2), "noise": latent[:, -1]}
+        parts = {"z": latent[:, :z], "pose": latent[:, z:z + 6], "area": latent[:, z + 6:z + 8],
+                 "slots": latent[:, z + 8:z + 8 + 2 * k].view(-1, k, 2), "noise": latent[:, -1]}
+        if self.layout == "lattice":
+            parts["angle"] = latent[:, -2]
+        return parts
 
     def draw_pose(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         p = self.pose_mean + self.pose_sd * (u + self.pose(z))
@@ -219,19 +239,29 @@ class AtlasGenerator(nn.Module):
                          a.max_shift * torch.tanh(p[:, 2:4] / a.max_shift)], 1)
         return torch.cat([geo, p[:, 4:]], 1)
 
-    def draw_discs(self, h: torch.Tensor, u_area: torch.Tensor, u_slots: torch.Tensor):
+    def draw_discs(self, h: torch.Tensor, u_area: torch.Tensor, u_slots: torch.Tensor,
+                   u_angle: torch.Tensor | None = None):
         """(centres (B, K, 2) normalised template coordinates, sigma (B, K) px, amp (B, K)
-        (0 for a disc that is off), lesion gain (B,))."""
+        (0 for a disc that is off), lesion gain (B,)). u_angle (B,): the lattice layout's turn."""
         a = self.area(h)
         s = self.slot_out(F.leaky_relu(self.slot_h(h)[:, None] + self.slot_in(
             torch.cat([u_slots, self.slot_embed.expand(len(h), -1, -1)], 2)), 0.2))
-        # the spread's sigmoid stops at logit -3, rising gradients only: a class that packed its
-        # discs early (measured: all three at the least spread by step 650) can unpack them
-        spread = _between(_FloorComeBack.apply(a[:, None, 0:1], -3.0), CLUSTER_SPREAD)
         reach = _between(self.area_reach, AREA_REACH)
-        q = (reach * uniform_in_disc(u_area)[:, None] + spread * u_slots
-             + MAX_OFFSET * torch.tanh(s[..., :2]))
-        centres = self.area_centre + self.area_axes * into_disc(q)
+        if self.layout == "lattice":  # genlab.nn.gan_lesion_layout: a drawn, turned, jittered lattice
+            spacing = _between(_FloorComeBack.apply(a[:, 0:1], -3.0), layout_.SPACING)
+            angle = 2 * math.pi * torch.special.ndtr(u_angle)
+            jitter = _between(a[:, 3:4], layout_.JITTER)
+            px = layout_.lattice_offsets(self.lattice, spacing, jitter, angle, u_slots)
+            _, hh, ww = self.out_shape  # px -> normalised template coordinates
+            centre = self.area_centre + self.area_axes * reach * uniform_in_disc(u_area)
+            centres = centre[:, None] + px / px.new_tensor([ww / 2, hh / 2])
+        else:
+            # the spread's sigmoid stops at logit -3, rising gradients only: a class that packed
+            # its discs early (measured: all three at the least spread by step 650) can unpack them
+            spread = _between(_FloorComeBack.apply(a[:, None, 0:1], -3.0), CLUSTER_SPREAD)
+            q = (reach * uniform_in_disc(u_area)[:, None] + spread * u_slots
+                 + MAX_OFFSET * torch.tanh(s[..., :2]))
+            centres = self.area_centre + self.area_axes * into_disc(q)
         sigma = _between(s[..., 2], SIGMA)
         # disc k is on while k < count: one number per image sets how many, and the disc at the
         # boundary always passes a gradient to it. The floor keeps that boundary disc within
@@ -241,7 +271,7 @@ class AtlasGenerator(nn.Module):
         count = _st_clamp(_FloorComeBack.apply(COUNT_SCALE * a[:, 2:3], -0.5), None, float(self.slots))
         on = torch.sigmoid(COUNT_SHARPNESS * (count - self.slot_index - 0.5))
         amp = torch.exp(_between(s[..., 3], LOG_AMP)) * on
-        return centres, sigma, amp, _between(a[:, 1], LESION_GAIN)
+        return centres, sigma, amp, _between(a[:, 1], self.gain_range)
 
     def lesion_sum(self, pose, centres, sigma, amp) -> torch.Tensor:
         """S (B, H, W): the sum of the Gaussians at each pixel's template position."""
@@ -278,7 +308,9 @@ class AtlasGenerator(nn.Module):
         with torch.autocast(latent.device.type, enabled=False):  # geometry in float32
             h, z = h.float(), z.float()
             pose = self.draw_pose(z, parts["pose"].float())
-            centres, sigma, amp, gain = self.draw_discs(h, parts["area"].float(), parts["slots"].float())
+            angle = parts["angle"].float() if "angle" in parts else None
+            centres, sigma, amp, gain = self.draw_discs(h, parts["area"].float(),
+                                                        parts["slots"].float(), angle)
             s = self.lesion_sum(pose, centres, sigma, amp)
             lesions = (gain.view(-1, 1, 1) * -torch.expm1(-s))[:, None]
             self.last_stats = {"g_lesion_discs": (amp > 1).float().sum(1).mean().detach(),

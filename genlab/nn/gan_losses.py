@@ -75,3 +75,13 @@ def random_conv_judge(in_shape, seed: int = 0) -> DiscTrunk:
             torch.nn.init.kaiming_normal_(m.weight, a=0.2, nonlinearity="leaky_relu", generator=g)
             torch.nn.init.zeros_(m.bias)
     return net.eval().requires_grad_(False)
+
+
+def same_class_pairs(y: torch.Tensor) -> torch.Tensor:
+    """Labels for a conditional G step whose mode-seeking pairs (example i of the first half, i
+    of the second) share a class: the first half's labels, twice (plus an odd last one). With the
+    real batch's labels, most pairs differ in class, so the class alone makes them differ and
+    the term stops rewarding variety within a class; a G that draws one image per class then
+    pays nothing for it."""
+    h = y.shape[0] // 2
+    return torch.cat([y[:h], y[:h], y[2 * h:]])

@@ -1,0 +1,176 @@
+"""The atlas generator's lattice layout and lesion-gain range (model.g_lesion_layout,
+model.g_lesion_gain; genlab.nn.gan_lesion_layout). Checked: the lattice's first points are a
+compact cluster; whatever G has learnt, two discs of one cluster are never nearer than the
+guaranteed minimum, and the count switches on exactly that many discs, within the slots; the
+gain starts at the middle of its range and stays in it; a recipe with the keys trains, exports
+and reloads with them, a bad range is a recipe error naming the key, and a G without them is
+the one it was."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_recipe
+from test_gan_atlas import _atlas_export, _generator, _head
+
+from genlab.core.errors import RecipeError
+from genlab.core.recipe import from_mapping
+from genlab.engine.trainer import Trainer
+from genlab.nn.gan_atlas import COUNT_SCALE, AtlasGenerator
+from genlab.nn.gan_blocks import load_generator
+from genlab.nn.gan_lesion_layout import JITTER, SPACING, hex_points, min_distance
+
+
+def _lattice_generator(slots=20, classes=3, gain=None) -> AtlasGenerator:
+    torch.manual_seed(0)
+    g = AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, num_classes=classes, slots=slots,
+                       layout="lattice", lesion_gain=gain)
+    with torch.no_grad():
+        g.atlas.template.copy_(_head(32, 24, 2))
+    g.fit_template_frame()
+    return g
+
+
+def _discs(g: AtlasGenerator, n: int, seed: int = 1):
+    torch.manual_seed(seed)
+    latent = torch.randn(n, g.z_dim)
+    parts = g.split_latent(latent)
+    h = g.trunk(torch.cat([parts["z"], g.embed(torch.arange(n) % 3)], 1))
+    return g.draw_discs(h, parts["area"], parts["slots"], parts["angle"])
+
+
+def _pixels(g: AtlasGenerator, centres: torch.Tensor) -> torch.Tensor:
+    _, h, w = g.out_shape
+    return centres * torch.tensor([w / 2, h / 2])
+
+
+def test_hex_points_nearest_first_one_apart():
+    p = hex_points(19)
+    r = p.norm(dim=-1)
+    assert float(r[0]) == 0 and torch.allclose(r[1:7], torch.ones(6))  # the centre, then ring 1
+    assert torch.allclose(r[7:19].min(), torch.tensor(math.sqrt(3)))  # ring 2's nearest
+    assert bool((r[1:] >= r[:-1] - 1e-6).all())  # nearest first
+    d = torch.cdist(p, p) + torch.eye(19) * 9
+    assert abs(float(d.min()) - 1) < 1e-5  # neighbours exactly one apart
+    assert hex_points(48).shape == (48, 2) and min_distance() == pytest.approx(3.0 * (1 - 0.6))
+
+
+def test_discs_keep_the_minimum_distance_whatever_g_learnt():
+    g = _lattice_generator(slots=20)
+    with torch.no_grad():  # a G that has learnt anything: spacing and jitter all over their ranges
+        g.area.weight.normal_(std=5.0)
+        g.slot_out.weight.normal_(std=5.0)
+    with torch.no_grad():
+        centres = _discs(g, 256)[0]
+    px = _pixels(g, centres)
+    d = torch.cdist(px, px) + torch.eye(20) * 1e9
+    assert float(d.min()) >= min_distance() - 1e-4
+    # at the least spacing and the most jitter the bound is nearly reached, never crossed
+    with torch.no_grad():
+        g.area.weight.zero_()
+        g.area.bias[0], g.area.bias[3] = -1e4, 1e4
+        centres = _discs(g, 256)[0]
+    d = torch.cdist(_pixels(g, centres), _pixels(g, centres)) + torch.eye(20) * 1e9
+    least = SPACING[0] + (SPACING[1] - SPACING[0]) * torch.sigmoid(torch.tensor(-3.0))  # its floor
+    assert min_distance(float(least), JITTER[1]) - 1e-4 <= float(d.min()) < float(least)
+    # ... and with no jitter, neighbours stand exactly one spacing apart
+    with torch.no_grad():
+        g.area.bias[3] = -1e4
+        centres = _discs(g, 8)[0]
+    d = torch.cdist(_pixels(g, centres), _pixels(g, centres)) + torch.eye(20) * 1e9
+    torch.testing.assert_close(d.min(2).values, torch.full((8, 20), float(least)), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("count", [1, 6, 20])
+def test_the_count_switches_on_that_many_discs_in_one_compact_cluster(count):
+    g = _lattice_generator(slots=20)
+    with torch.no_grad():
+        g.area.weight.zero_()
+        g.area.bias[2] = count / COUNT_SCALE
+        centres, _, amp, _ = _discs(g, 64)
+    on = amp > 1
+    assert on.sum(1).tolist() == [count] * 64
+    assert bool(on[:, :count].all())  # the first `count` lattice points: a compact cluster
+    if count > 1:  # no disc of the cluster is further from the centre disc than the lattice allows
+        px = _pixels(g, centres)
+        reach = float(hex_points(count).norm(dim=-1).max()) + 2 * JITTER[1]
+        spacing = float(SPACING[0] + (SPACING[1] - SPACING[0]) * torch.sigmoid(g.area.bias[0]))
+        assert float((px[:, :count] - px[:, :1]).norm(dim=-1).max()) <= reach * spacing + 1e-3
+    with torch.no_grad():  # whatever the count's head says, between none and every slot
+        g.area.bias[2] = 1e4
+        assert int((_discs(g, 4)[2] > 1).sum(1).max()) == 20
+        g.area.bias[2] = -1e4
+        assert int((_discs(g, 4)[2] > 1).sum(1).max()) == 0
+
+
+def test_the_gain_starts_at_the_middle_of_its_range_and_stays_in_it():
+    g = _lattice_generator(gain=[0.04, 0.2])
+    with torch.no_grad():
+        assert torch.allclose(_discs(g, 8)[3], torch.full((8,), 0.12))
+        g.area.weight.normal_(std=50.0)
+        gain = _discs(g, 256)[3]
+    assert 0.04 - 1e-6 <= float(gain.min()) < 0.06 and 0.18 < float(gain.max()) <= 0.2 + 1e-6
+    with torch.no_grad():  # the default: the easy-mode range, starting at 0.35
+        plain = _generator(slots=3, classes=3)
+        torch.manual_seed(0)
+        parts = plain.split_latent(torch.randn(4, plain.z_dim))
+        h = plain.trunk(torch.cat([parts["z"], plain.embed(torch.zeros(4, dtype=torch.long))], 1))
+        assert torch.allclose(plain.draw_discs(h, parts["area"], parts["slots"])[3], torch.full((4,), 0.35))
+    assert plain.z_dim == 8 + 6 + 2 + 2 * 3 + 1 and "angle" not in parts  # the layout as it was
+    with pytest.raises(ValueError, match="lesion_gain"):
+        AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, lesion_gain=[0.2, 0.1])
+    with pytest.raises(ValueError, match="layout"):
+        AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, layout="grid")
+
+
+def test_a_lattice_recipe_trains_exports_and_reloads_and_bad_keys_name_themselves(tmp_path):
+    atlas = _atlas_export(tmp_path)
+    model = {"conditional": True, "ac_weight": 1.0, "g_lesion_layout": "lattice",
+             "g_lesion_gain": [0.05, 0.25]}
+    r = tiny_recipe("gan", steps=3)
+    r["model"] = {**r["model"], "g_atlas": str(atlas), "g_lesion_slots": 4, **model}
+    t = Trainer(from_mapping(r), out_root=tmp_path / "runs", quiet=True)
+    assert t.model.G.layout == "lattice" and t.model.latent_dim == 8 + 6 + 2 + 2 * 4 + 1 + 1
+    t.run()
+    gen = load_generator(t.model.export_generator(tmp_path / "gen"))
+    assert gen.layout == "lattice" and gen.gain_range == (0.05, 0.25)
+    z, y = torch.randn(4, gen.z_dim), torch.arange(4)
+    torch.testing.assert_close(gen(z, y), t.model.G_ema.eval()(z, y))
+    for bad in ([0.3, 0.1], [0.1], [0.0, 0.2]):
+        r["model"]["g_lesion_gain"] = bad
+        with pytest.raises(RecipeError, match="g_lesion_gain"):
+            from_mapping(r)
+    r["model"]["g_lesion_gain"], r["model"]["g_lesion_layout"] = None, "grid"
+    with pytest.raises(RecipeError, match="g_lesion_layout"):
+        from_mapping(r)
+
+
+def test_the_atlas_view_amplifies_what_a_slice_adds_to_the_anatomy(tmp_path):
+    from genlab.families.gan_atlas import atlas_view
+
+    g = _generator(shape=(1, 16, 12), slots=1)
+    with torch.no_grad():  # a pose net that always answers the template's own pose
+        g.atlas.pose_net.out.weight.zero_()
+        g.atlas.pose_net.out.bias.zero_()
+    anatomy = g.atlas.render(torch.zeros(2, 6)).clamp(0, 1)
+    torch.testing.assert_close(atlas_view(g, anatomy, 3.0), anatomy)  # nothing added: unchanged
+    faint = torch.zeros_like(anatomy)
+    faint[:, :, 6:9, 4:7] = 0.08  # a hard-mode tumour's brightness
+    x = (anatomy + faint).requires_grad_(True)
+    view = atlas_view(g, x, 3.0)
+    torch.testing.assert_close(view - anatomy, 4.0 * faint)  # seen 1 + k times as bright
+    view.sum().backward()  # the rendering is a constant: D's gradient reaches x times 1 + k
+    torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))
+    torch.testing.assert_close(atlas_view(g, x, 0.0), x)
+    # in a run: D trains on the view; the key needs an atlas
+    r = tiny_recipe("gan", steps=2)
+    r["model"] = {**r["model"], "d_atlas_view": 2.0}
+    with pytest.raises(RecipeError, match="d_atlas_view.*g_atlas"):
+        from_mapping(r)
+    r["model"].update(g_atlas=str(_atlas_export(tmp_path)), g_lesion_slots=4, conditional=True,
+                      ac_weight=1.0, r1_gamma=1.0, r1_every=1)
+    t = Trainer(from_mapping(r), out_root=tmp_path / "runs", quiet=True)
+    t.run()
+    losses = [v for k, hist in t.history.items() if k.startswith("train/") for _, v in hist]
+    assert losses and all(math.isfinite(v) for v in losses)
