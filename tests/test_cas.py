@@ -214,3 +214,19 @@ def test_cas_command_refuses_unconditional_and_missing_runs(tmp_path, capsys):
     assert main(["cas", str(tmp_path / "nowhere"), *TINY]) == 2
     assert "not a genlab run folder" in capsys.readouterr().err
     assert not (run / "cas.json").exists()
+
+
+def test_a_stored_baseline_without_a_newer_setting_counts_it_as_the_default():
+    """A real baseline stored before a recipe key existed was trained as that key's default:
+    reusable while the key is at its default, refused (naming it) when it is not."""
+    from genlab.core.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "lesion_brain.yaml")
+    stored = cas.recipe_key(recipe)
+    del stored["model"]["init_shrink"]  # as written before the key existed
+    defaults = cas.default_key(recipe)
+    assert cas.first_difference(cas.recipe_key(recipe), stored, defaults=defaults) is None
+    assert cas.first_difference(cas.recipe_key(recipe), stored) is not None  # no defaults: differs
+    changed = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "lesion_brain.yaml",
+                          ["train.lr=0.5"])
+    assert cas.first_difference(cas.recipe_key(changed), stored, defaults=defaults).startswith("train.lr")

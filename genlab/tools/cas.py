@@ -224,15 +224,26 @@ def read_cas_file(path: Path) -> dict:
     return doc
 
 
-def first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """The dotted key where two JSON-like values first differ (None when equal)."""
+def first_difference(a: Any, b: Any, path: str = "", defaults: Any = None) -> str | None:
+    """The dotted key where two JSON-like values first differ (None when equal). A key that `b`
+    lacks and `defaults` holds counts as that default: a baseline stored before a setting existed
+    was trained as its default is."""
     if isinstance(a, dict) and isinstance(b, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         for k in list(a) + [k for k in b if k not in a]:
-            d = first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+            there = b[k] if k in b else defaults.get(k)
+            d = first_difference(a.get(k), there, f"{path}.{k}" if path else k, defaults.get(k))
             if d is not None:
                 return d
         return None
     return None if a == b else f"{path} ({a!r} here, {b!r} there)"
+
+
+def default_key(recipe: Recipe) -> dict:
+    """recipe_key of the same family and data set with every other setting at its default."""
+    from genlab.core.recipe import from_mapping
+
+    return recipe_key(from_mapping({"family": recipe.family, "data": {"name": recipe.data_name}}))
 
 
 def reusable_baseline(recipe: Recipe, own: Path, real_from: Path | None) -> dict | None:
@@ -244,14 +255,14 @@ def reusable_baseline(recipe: Recipe, own: Path, real_from: Path | None) -> dict
         prev = read_cas_file(real_from).get("real")
         if not prev:
             raise GenlabError(f"--real-from {real_from}: holds no real baseline")
-        diff = first_difference(key, prev.get("key"))
+        diff = first_difference(key, prev.get("key"), defaults=default_key(recipe))
         if diff is not None:
             raise GenlabError(f"--real-from {real_from}: its real baseline was trained with other "
                               f"settings; first difference: {diff}")
         return {**prev, "reused_from": str(real_from)}
     with contextlib.suppress(GenlabError):  # an unreadable own cas.json is simply not reused
         prev = read_cas_file(own).get("real") if own.is_file() else None
-        if prev and first_difference(key, prev.get("key")) is None:
+        if prev and first_difference(key, prev.get("key"), defaults=default_key(recipe)) is None:
             return {**prev, "reused_from": prev.get("reused_from", str(own))}
     return None
 
