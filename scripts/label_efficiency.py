@@ -41,6 +41,9 @@ Why this design:
   with the head started as that logistic probe, fitted on the frozen features of the same
   labelled images (`model.head_init: probe`, C on the same val images) before the first step, so
   that fine-tuning starts where the probe row ends instead of from a random head.
+- `--shrink-perturb NAME:S:P` and `--init-reset NAME:LAYERS` change how the NAME row starts:
+  S x the encoder + P x a fresh initialisation (shrink and perturb), or the named layers fresh and
+  only those below transferred: for plentiful labels, where a full warm start can cost accuracy.
 - Budgets, in steps of batch 64 (or N when smaller): 600 / 1,200 / 3,000 / 6,000 for 40 / 200 /
   1,000 / 8,000 labels (960 / 384 / 192 / 48 epochs). On unlimited fresh images the recipe's
   scratch run passes 0.75 val accuracy only after ~1,000 steps and still improves at 9,000

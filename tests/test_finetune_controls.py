@@ -187,7 +187,8 @@ def test_shrink_and_perturb_mixes_loaded_and_fresh_weights(digits_run, capsys):
         cfg = build(ClassifierConfig, {"init": bundle, "mode": "finetune", **mix}, "model")
         return Classifier(cfg, info).backbone.encoder
 
-    plain, fresh, mixed = make(), make(init_shrink=0.0, init_perturb=1.0), make(init_shrink=0.4, init_perturb=0.1)
+    plain, fresh = make(), make(init_shrink=0.0, init_perturb=1.0)
+    mixed = make(init_shrink=0.4, init_perturb=0.1)
     exported = digits_run.model.backbone.state_dict()
     for (name, p), (_, f), (_, m) in zip(plain.named_parameters(), fresh.named_parameters(),
                                          mixed.named_parameters()):

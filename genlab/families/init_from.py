@@ -152,7 +152,8 @@ def format_init_report(r: dict) -> str:
 
     head = (f"init from {r['bundle']} (family {r.get('family')}, builder {r['builder']}, "
             f"step {r.get('step')}): {len(r['loaded'])} tensors loaded, {len(r['skipped'])} "
-            f"skipped, {len(r['missing'])} missing" + (f", {len(r['reset'])} reset" if r.get("reset") else ""))
+            f"skipped, {len(r['missing'])} missing"
+            + (f", {len(r['reset'])} reset" if r.get("reset") else ""))
     lines = [head]
     lines += [f"  loaded:  {names(r['loaded'])}", f"  skipped: {names(r['skipped'])}",
               f"  missing: {names(r['missing'])}"]
