@@ -230,3 +230,6 @@ def test_a_stored_baseline_without_a_newer_setting_counts_it_as_the_default():
     changed = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "lesion_brain.yaml",
                           ["train.lr=0.5"])
     assert cas.first_difference(cas.recipe_key(changed), stored, defaults=defaults).startswith("train.lr")
+    folder = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "folder_cls.yaml",
+                         [f"data.root={Path(__file__).resolve().parent}"])
+    assert cas.default_key(folder)["data"] == cas.recipe_key(folder)["data"]  # its required root kept

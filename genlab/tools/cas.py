@@ -240,10 +240,14 @@ def first_difference(a: Any, b: Any, path: str = "", defaults: Any = None) -> st
 
 
 def default_key(recipe: Recipe) -> dict:
-    """recipe_key of the same family and data set with every other setting at its default."""
+    """recipe_key of the same family and data (the recipe's own data section: a folder data set
+    has required keys) with every other setting at its default; {} when that cannot be built."""
     from genlab.core.recipe import from_mapping
 
-    return recipe_key(from_mapping({"family": recipe.family, "data": {"name": recipe.data_name}}))
+    try:
+        return recipe_key(from_mapping({"family": recipe.family, "data": recipe_key(recipe)["data"]}))
+    except GenlabError:  # no defaults to fill in: every missing key then counts as a difference
+        return {}
 
 
 def reusable_baseline(recipe: Recipe, own: Path, real_from: Path | None) -> dict | None:
