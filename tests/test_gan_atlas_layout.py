@@ -4,7 +4,8 @@ compact cluster; whatever G has learnt, two discs of one cluster are never neare
 guaranteed minimum, and the count switches on exactly that many discs, within the slots; the
 gain starts at the middle of its range and stays in it; a recipe with the keys trains, exports
 and reloads with them, a bad range is a recipe error naming the key, and a G without them is
-the one it was."""
+the one it was. A layout per class ({B: lattice}) draws each class exactly as the G of its one
+layout would, and an unknown class or layout is a recipe error naming key, value and choices."""
 from __future__ import annotations
 
 import math
@@ -174,3 +175,83 @@ def test_the_atlas_view_amplifies_what_a_slice_adds_to_the_anatomy(tmp_path):
     t.run()
     losses = [v for k, hist in t.history.items() if k.startswith("train/") for _, v in hist]
     assert losses and all(math.isfinite(v) for v in losses)
+
+
+def _mixed_and_single(layouts):
+    """A G with one layout per class and, for each layout, a single-layout G with the same
+    weights (the area head's rows where each reads them: spread, gain, count, jitter, spacing)."""
+    mixed = AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, num_classes=3, slots=12, layout=layouts)
+    with torch.no_grad():
+        mixed.atlas.template.copy_(_head(32, 24, 2))
+        mixed.area.weight.normal_(std=0.5)
+        mixed.area.bias.normal_(std=0.5)
+        mixed.slot_out.weight.normal_(std=0.5)
+    mixed.fit_template_frame()
+    single = {}
+    for name, rows in (("slots", [0, 1, 2]), ("lattice", [4, 1, 2, 3])):
+        g = AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, num_classes=3, slots=12, layout=name)
+        own = {k: v for k, v in mixed.state_dict().items() if not k.startswith("area.")}
+        g.load_state_dict(own, strict=False)
+        with torch.no_grad():
+            g.area.weight.copy_(mixed.area.weight[rows])
+            g.area.bias.copy_(mixed.area.bias[rows])
+        g.fit_template_frame()
+        single[name] = g
+    return mixed, single
+
+
+def test_a_layout_per_class_draws_each_class_as_its_single_layout_g_would():
+    mixed, single = _mixed_and_single(["slots", "lattice", "slots"])  # classes A, B, C: B on the lattice
+    assert mixed.per_class and mixed.z_dim == single["lattice"].z_dim  # the lattice's angle too
+    torch.manual_seed(3)
+    latent, y = torch.randn(12, mixed.z_dim), torch.arange(12) % 3
+    parts = mixed.split_latent(latent)
+    with torch.no_grad():
+        h = mixed.trunk(torch.cat([parts["z"], mixed.embed(y)], 1))
+        got = mixed.draw_discs(h, parts["area"], parts["slots"], parts["angle"], y)
+        lat = single["lattice"].draw_discs(h, parts["area"], parts["slots"], parts["angle"])
+        slo = single["slots"].draw_discs(h, parts["area"], parts["slots"])
+    b = y == 1
+    for mine, on_lattice, on_slots in zip(got, lat, slo):
+        torch.testing.assert_close(mine[b], on_lattice[b])
+        torch.testing.assert_close(mine[~b], on_slots[~b])
+    # B's discs keep the lattice's minimum distance; the slots of A and C do not have to
+    px = _pixels(mixed, got[0][b])
+    d = torch.cdist(px, px) + torch.eye(12) * 1e9
+    assert float(d.min()) >= min_distance() - 1e-4
+    with torch.no_grad():  # the whole generator, and a class picks its layout in forward too
+        images = mixed(latent, y)
+    assert images.shape == (12, 1, 32, 24) and bool(torch.isfinite(images).all())
+    with pytest.raises(ValueError, match="needs the classes"):
+        mixed.draw_discs(h, parts["area"], parts["slots"], parts["angle"])
+    with pytest.raises(ValueError, match="one entry per class"):
+        AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, num_classes=3, layout=["slots", "lattice"])
+    with pytest.raises(ValueError, match="'slots' or 'lattice'"):
+        AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, num_classes=2, layout=["slots", "grid"])
+
+
+def test_a_layout_per_class_recipe_trains_exports_and_bad_values_name_key_value_and_expected(tmp_path):
+    atlas = _atlas_export(tmp_path)
+    r = tiny_recipe("gan", steps=2)  # digits: classes "0" ... "9"
+    r["model"] = {**r["model"], "g_atlas": str(atlas), "g_lesion_slots": 4, "conditional": True,
+                  "ac_weight": 1.0, "g_lesion_layout": {"3": "lattice", "7": "slots"}}
+    t = Trainer(from_mapping(r), out_root=tmp_path / "runs", quiet=True)
+    assert t.model.G.layout == ["slots"] * 3 + ["lattice"] + ["slots"] * 6
+    t.run()
+    gen = load_generator(t.model.export_generator(tmp_path / "gen"))
+    assert gen.layout == t.model.G.layout and gen.per_class
+    z, y = torch.randn(10, gen.z_dim), torch.arange(10)
+    torch.testing.assert_close(gen(z, y), t.model.G_ema.eval()(z, y))
+    unknown_class = r"model\.g_lesion_layout: unknown class 'Q'.*expected class names of the data: 0, 1, 2"
+    bad = [  # the value, and what the message must say: the key, the value, what is expected
+        ({"Q": "lattice"}, unknown_class),
+        ({"3": "grid"}, r"model\.g_lesion_layout\.3.*'slots', 'lattice'.*'grid'"),
+        ("grid", r"model\.g_lesion_layout.*'slots', 'lattice'.*'grid'"),
+    ]
+    for value, pattern in bad:
+        r["model"]["g_lesion_layout"] = value
+        with pytest.raises(RecipeError, match=pattern):
+            Trainer(from_mapping(r), out_root=tmp_path / "bad", quiet=True)
+    r["model"].update(g_lesion_layout={"3": "lattice"}, conditional=False, ac_weight=0.0)
+    with pytest.raises(RecipeError, match="g_lesion_layout.*per class needs conditional"):
+        from_mapping(r)

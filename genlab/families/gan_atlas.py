@@ -47,14 +47,28 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
             "max_log_scale": float(atlas_cfg.get("max_log_scale", 0.3)),
             "max_shift": float(atlas_cfg.get("max_shift", 0.3))}
     # only when not the default: bundles written before these keys load as they were
-    if cfg.g_lesion_layout != "slots":
-        args["layout"] = cfg.g_lesion_layout
+    layout = layouts_per_class(cfg.g_lesion_layout, info.class_names)
+    if layout != "slots":
+        args["layout"] = layout
     if cfg.g_lesion_gain is not None:
         args["lesion_gain"] = [float(v) for v in cfg.g_lesion_gain]
     gen = AtlasGenerator(**args)
     gen.atlas.load_state_dict(enc.atlas.state_dict())
     gen.fit_template_frame()
     return gen, args
+
+
+def layouts_per_class(layout: str | dict[str, str], class_names) -> str | list[str]:
+    """model.g_lesion_layout as the generator takes it: a name as it is; a mapping of class
+    names to layouts as one layout per class of the data, in class order, slots where unnamed."""
+    if isinstance(layout, str):
+        return layout
+    names = [str(c) for c in class_names]
+    unknown = [c for c in layout if c not in names]
+    if unknown:
+        raise RecipeError("model.g_lesion_layout", f"unknown class {unknown[0]!r} in {layout}; "
+                          f"expected class names of the data: {', '.join(names)}")
+    return [layout.get(c, "slots") for c in names]
 
 
 @torch.no_grad()
@@ -77,4 +91,4 @@ def atlas_view(gen: AtlasGenerator, x: torch.Tensor, k: float) -> torch.Tensor:
     return x + k * (x - base)
 
 
-__all__ = ["KEY", "atlas_view", "build_atlas_generator", "fit_atlas_pose"]
+__all__ = ["KEY", "atlas_view", "build_atlas_generator", "fit_atlas_pose", "layouts_per_class"]

@@ -79,11 +79,13 @@ class GANConfig:
                                  "(g_width, g_norm, g_upsample, g_output, g_class_norm, g_full_res) "
                                  "do not apply (null: the conv generator)")
     g_lesion_slots: int = param(48, ge=1, help="g_atlas: the most lesion discs one image can have")
-    g_lesion_layout: Literal["slots", "lattice"] = param(
+    g_lesion_layout: Literal["slots", "lattice"] | dict[str, Literal["slots", "lattice"]] = param(
         "slots", help="g_atlas: where a cluster's discs sit: slots (around the cluster centre at "
         "a drawn spread plus an offset learnt per slot) or lattice (the points of a hexagonal "
         "lattice nearest the centre, turned and jittered at random, at a learnt spacing: no two "
-        "discs nearer than 1.2 px; genlab.nn.gan_lesion_layout)")
+        "discs nearer than 1.2 px; genlab.nn.gan_lesion_layout); or per class, a mapping of class "
+        "names to layouts, e.g. {B: lattice}, the classes not named drawing slots (needs "
+        "conditional)")
     g_lesion_gain: list[float] | None = param(None, help="g_atlas: [low, high], the brightness a "
                                               "lesion may add where it saturates; G starts at "
                                               "the middle (null: [0.15, 0.6], starting at 0.35, "
@@ -114,6 +116,9 @@ class GANConfig:
         if self.best_on == "agreement" and not (self.conditional and self.lesion_judge is not None):
             raise ValueError("best_on: agreement needs conditional: true and a lesion_judge (got "
                              f"conditional: {self.conditional}, lesion_judge: {self.lesion_judge})")
+        if isinstance(self.g_lesion_layout, dict) and not (self.conditional and self.g_lesion_layout):
+            raise ValueError(f"g_lesion_layout: a layout per class needs conditional: true and at "
+                             f"least one class (got {self.g_lesion_layout}, conditional: {self.conditional})")
         gain = self.g_lesion_gain
         if gain is not None and not (len(gain) == 2 and 0 < gain[0] < gain[1]):
             raise ValueError(f"g_lesion_gain: expected [low, high] with 0 < low < high, got {gain}")

@@ -40,8 +40,10 @@ AREA_FRACTION) and a disc centre pushed past it is pulled back onto it, so no le
 brain. That is layout "slots" (the default); layout "lattice" (genlab.nn.gan_lesion_layout) puts
 disc k at point k of a turned, jittered hexagonal lattice at a learnt spacing instead, so no two
 discs of a cluster come nearer than a fixed distance (slots learnt, for one class, a bar of ~30
-discs in a line). `lesion_gain` sets the range of the lesion gain (hard mode's tumours are
-fainter than LESION_GAIN allows).
+discs in a line). Or one layout per class (a list): the lattice drew B's separate discs but only
+9-11 of C's dots, slots C's 43-48 spots but B as a bar; the head `area` then has five outputs
+(spread, gain, count, jitter, spacing) and each image's class picks which centres it gets.
+`lesion_gain` sets the range of the lesion gain (hard mode's tumours are fainter than LESION_GAIN).
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ COUNT_SHARPNESS = 8.0  # disc k's share: sigmoid(8 (count - k - 1/2))
 # 650 steps (measured)
 COUNT_SCALE = 4.0
 ATLAS_GENERATOR_BUILDER = "gan_atlas_generator"  # its exported bundles' "builder"
+LAYOUTS = ("slots", "lattice")
 
 
 def _st_clamp(x: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
@@ -135,9 +138,17 @@ class AtlasGenerator(nn.Module):
         super().__init__()
         c, h, w = (int(v) for v in out_shape)
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
-        if layout not in ("slots", "lattice"):
-            raise ValueError(f"layout: expected 'slots' or 'lattice', got {layout!r}")
-        self.layout = layout
+        # a name: every class; a list: one per class (the same key in a bundle either way)
+        self.per_class = not isinstance(layout, str)
+        layouts = list(layout) if self.per_class else [layout]
+        bad = [v for v in layouts if v not in LAYOUTS]
+        if bad or not layouts:
+            raise ValueError(f"layout: expected 'slots' or 'lattice' (or a list of them, one per "
+                             f"class), got {layout!r}")
+        if self.per_class and len(layouts) != num_classes:
+            raise ValueError(f"layout: a list needs one entry per class ({num_classes}), got {layout!r}")
+        self.layout = layouts if self.per_class else layout
+        self.uses_lattice = "lattice" in layouts
         # the range of the lesion gain; given, G starts at its middle (default: LESION_GAIN, 0.35)
         self.gain_range = LESION_GAIN if lesion_gain is None else tuple(float(v) for v in lesion_gain)
         if not 0 < self.gain_range[0] < self.gain_range[1]:
@@ -146,7 +157,7 @@ class AtlasGenerator(nn.Module):
         # z_dim: the whole noise vector a caller draws (as for the conv Generator); the first
         # code_dim numbers feed the networks, the rest place and shape the discs directly (the
         # lattice layout: one more, the angle of the lattice)
-        self.z_dim = self.code_dim + 6 + 2 + 2 * self.slots + (layout == "lattice") + 1
+        self.z_dim = self.code_dim + 6 + 2 + 2 * self.slots + self.uses_lattice + 1
         self.atlas = Atlas([c, h, w], widths, up, max_log_scale, max_shift).requires_grad_(False)
         self.register_buffer("pose_mean", torch.zeros(6))
         self.register_buffer("pose_sd", torch.zeros(6))  # 0 until fit_pose: the template's own pose
@@ -162,10 +173,14 @@ class AtlasGenerator(nn.Module):
         self.trunk = nn.Sequential(nn.Linear(code_dim * (2 if num_classes else 1), hidden), nn.LeakyReLU(0.2),
                                    nn.Linear(hidden, hidden), nn.LeakyReLU(0.2))
         # per image: log spread of the discs around the cluster centre (lattice: their spacing),
-        # lesion gain, disc count (lattice: and the share of jitter)
-        self.area = nn.Linear(hidden, 4 if layout == "lattice" else 3)
-        if layout == "lattice":
+        # lesion gain, disc count (lattice: and the share of jitter; per class: and the spacing)
+        self.area = nn.Linear(hidden, 5 if self.per_class else 4 if self.uses_lattice else 3)
+        self._spacing_col = 4 if self.per_class else 0
+        if self.uses_lattice:
             self.register_buffer("lattice", layout_.hex_points(self.slots), persistent=False)
+        if self.per_class:  # which classes draw on the lattice
+            self.register_buffer("class_lattice", torch.tensor([v == "lattice" for v in layouts]),
+                                 persistent=False)
         # one number for all classes and images: how far from the head's centre clusters may
         # sit (a share of the lesion area); it scales where they are, it cannot choose a place
         self.area_reach = nn.Parameter(torch.tensor(_inverse(0.8, AREA_REACH)))
@@ -187,11 +202,13 @@ class AtlasGenerator(nn.Module):
         # (sigma 1.5, amp e^3: saturated out to sigma sqrt(6)). Sharp, because D rejects faint
         # blurry blobs at once, and G, answering, switches them off before D's class head has
         # learnt that the classes differ by them (measured: 48 faint discs at e^-1, off by step 60)
-        first = (_inverse(0.3, CLUSTER_SPREAD) if self.layout == "slots"
-                 else _inverse(layout_.INIT_SPACING, layout_.SPACING))
+        spread, spacing = _inverse(0.3, CLUSTER_SPREAD), _inverse(layout_.INIT_SPACING, layout_.SPACING)
+        first = spread if self.per_class or not self.uses_lattice else spacing
         bias = [first, _inverse(self._init_gain, self.gain_range), INIT_COUNT / COUNT_SCALE]
-        if self.layout == "lattice":
+        if self.uses_lattice:
             bias.append(_inverse(layout_.INIT_JITTER, layout_.JITTER))
+        if self.per_class:
+            bias.append(spacing)
         self.area.bias.copy_(torch.tensor(bias))
         self.slot_out.bias.copy_(torch.tensor([0.0, 0.0, _inverse(1.5, SIGMA), _inverse(3.0, LOG_AMP)]))
         nn.init.zeros_(self.noise_amp.weight)
@@ -228,7 +245,7 @@ class AtlasGenerator(nn.Module):
         z, k = self.code_dim, self.slots
         parts = {"z": latent[:, :z], "pose": latent[:, z:z + 6], "area": latent[:, z + 6:z + 8],
                  "slots": latent[:, z + 8:z + 8 + 2 * k].view(-1, k, 2), "noise": latent[:, -1]}
-        if self.layout == "lattice":
+        if self.uses_lattice:
             parts["angle"] = latent[:, -2]
         return parts
 
@@ -240,28 +257,23 @@ class AtlasGenerator(nn.Module):
         return torch.cat([geo, p[:, 4:]], 1)
 
     def draw_discs(self, h: torch.Tensor, u_area: torch.Tensor, u_slots: torch.Tensor,
-                   u_angle: torch.Tensor | None = None):
+                   u_angle: torch.Tensor | None = None, y: torch.Tensor | None = None):
         """(centres (B, K, 2) normalised template coordinates, sigma (B, K) px, amp (B, K)
-        (0 for a disc that is off), lesion gain (B,)). u_angle (B,): the lattice layout's turn."""
+        (0 for a disc that is off), lesion gain (B,)). u_angle (B,): the lattice layout's turn;
+        y (B,): the classes, which pick each image's layout when it is chosen per class."""
         a = self.area(h)
         s = self.slot_out(F.leaky_relu(self.slot_h(h)[:, None] + self.slot_in(
             torch.cat([u_slots, self.slot_embed.expand(len(h), -1, -1)], 2)), 0.2))
         reach = _between(self.area_reach, AREA_REACH)
-        if self.layout == "lattice":  # genlab.nn.gan_lesion_layout: a drawn, turned, jittered lattice
-            spacing = _between(_FloorComeBack.apply(a[:, 0:1], -3.0), layout_.SPACING)
-            angle = 2 * math.pi * torch.special.ndtr(u_angle)
-            jitter = _between(a[:, 3:4], layout_.JITTER)
-            px = layout_.lattice_offsets(self.lattice, spacing, jitter, angle, u_slots)
-            _, hh, ww = self.out_shape  # px -> normalised template coordinates
-            centre = self.area_centre + self.area_axes * reach * uniform_in_disc(u_area)
-            centres = centre[:, None] + px / px.new_tensor([ww / 2, hh / 2])
+        if not self.per_class:
+            centres = (self._lattice_centres(a, reach, u_area, u_slots, u_angle) if self.uses_lattice
+                       else self._slot_centres(a, s, reach, u_area, u_slots))
         else:
-            # the spread's sigmoid stops at logit -3, rising gradients only: a class that packed
-            # its discs early (measured: all three at the least spread by step 650) can unpack them
-            spread = _between(_FloorComeBack.apply(a[:, None, 0:1], -3.0), CLUSTER_SPREAD)
-            q = (reach * uniform_in_disc(u_area)[:, None] + spread * u_slots
-                 + MAX_OFFSET * torch.tanh(s[..., :2]))
-            centres = self.area_centre + self.area_axes * into_disc(q)
+            if y is None:
+                raise ValueError("layouts per class: draw_discs needs the classes y")
+            on_lattice = self.class_lattice[y][:, None, None]
+            centres = torch.where(on_lattice, self._lattice_centres(a, reach, u_area, u_slots, u_angle),
+                                  self._slot_centres(a, s, reach, u_area, u_slots))
         sigma = _between(s[..., 2], SIGMA)
         # disc k is on while k < count: one number per image sets how many, and the disc at the
         # boundary always passes a gradient to it. The floor keeps that boundary disc within
@@ -272,6 +284,26 @@ class AtlasGenerator(nn.Module):
         on = torch.sigmoid(COUNT_SHARPNESS * (count - self.slot_index - 0.5))
         amp = torch.exp(_between(s[..., 3], LOG_AMP)) * on
         return centres, sigma, amp, _between(a[:, 1], self.gain_range)
+
+    def _lattice_centres(self, a, reach, u_area, u_slots, u_angle) -> torch.Tensor:
+        """genlab.nn.gan_lesion_layout: a drawn, turned, jittered lattice at a learnt spacing."""
+        col = self._spacing_col
+        spacing = _between(_FloorComeBack.apply(a[:, col:col + 1], -3.0), layout_.SPACING)
+        angle = 2 * math.pi * torch.special.ndtr(u_angle)
+        jitter = _between(a[:, 3:4], layout_.JITTER)
+        px = layout_.lattice_offsets(self.lattice, spacing, jitter, angle, u_slots)
+        _, hh, ww = self.out_shape  # px -> normalised template coordinates
+        centre = self.area_centre + self.area_axes * reach * uniform_in_disc(u_area)
+        return centre[:, None] + px / px.new_tensor([ww / 2, hh / 2])
+
+    def _slot_centres(self, a, s, reach, u_area, u_slots) -> torch.Tensor:
+        """Around a drawn centre at a learnt spread, plus an offset learnt per slot."""
+        # the spread's sigmoid stops at logit -3, rising gradients only: a class that packed
+        # its discs early (measured: all three at the least spread by step 650) can unpack them
+        spread = _between(_FloorComeBack.apply(a[:, None, 0:1], -3.0), CLUSTER_SPREAD)
+        q = (reach * uniform_in_disc(u_area)[:, None] + spread * u_slots
+             + MAX_OFFSET * torch.tanh(s[..., :2]))
+        return self.area_centre + self.area_axes * into_disc(q)
 
     def lesion_sum(self, pose, centres, sigma, amp) -> torch.Tensor:
         """S (B, H, W): the sum of the Gaussians at each pixel's template position."""
@@ -310,7 +342,7 @@ class AtlasGenerator(nn.Module):
             pose = self.draw_pose(z, parts["pose"].float())
             angle = parts["angle"].float() if "angle" in parts else None
             centres, sigma, amp, gain = self.draw_discs(h, parts["area"].float(),
-                                                        parts["slots"].float(), angle)
+                                                        parts["slots"].float(), angle, y)
             s = self.lesion_sum(pose, centres, sigma, amp)
             lesions = (gain.view(-1, 1, 1) * -torch.expm1(-s))[:, None]
             self.last_stats = {"g_lesion_discs": (amp > 1).float().sum(1).mean().detach(),
@@ -321,4 +353,4 @@ class AtlasGenerator(nn.Module):
             return self.compose(pose, lesions, noise)
 
 
-__all__ = ["ATLAS_GENERATOR_BUILDER", "AtlasGenerator", "into_disc", "uniform_in_disc"]
+__all__ = ["ATLAS_GENERATOR_BUILDER", "LAYOUTS", "AtlasGenerator", "into_disc", "uniform_in_disc"]
