@@ -245,5 +245,17 @@ def test_init_reset_transfers_only_the_layers_below(digits_run, capsys):
         else:
             assert torch.equal(t, exported[name]), name             # transferred
     assert "reset" in capsys.readouterr().out
+    # two stages (as the study's 8,000-label row resets features.2 and features.3): both fresh,
+    # everything below still the export's
+    stages = sorted({".".join(n.split(".")[:2]) for n in named_layers(make().backbone)
+                     if n.startswith("features.")})
+    two = stages[-2:]
+    assert len(two) == 2 and two[0] != top
+    m2 = make(init_reset=two)
+    reset2 = {d["name"] for d in m2.init_report["reset"]}
+    assert {".".join(n.split(".")[:2]) for n in reset2} == set(two)
+    for name, t in m2.backbone.encoder.state_dict().items():
+        if not any(name.startswith(s + ".") for s in two):
+            assert torch.equal(t, exported[name]), name
     with pytest.raises(RecipeError, match=r"model.init_reset: unknown layer nope"):
         make(init_reset=["nope"])
