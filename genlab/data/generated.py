@@ -20,7 +20,10 @@ are kept in memory on the source's device (2,000 images of 1 x 128 x 96 in float
 
 `val` and `test` are the real source's, built from `real` with the same recipe seed, so a
 classifier trained here and one trained on the real data with the same seed are scored on the
-same images. A subclass may draw from something else than a generator bundle by overriding
+same images. With `with_real_train: true` the train split is the real source's train split first
+(e.g. its `labelled: 1000` images: the same images a real-only run with that seed trains on),
+then the generated images: real data augmented with samples (scripts/augmentation_study.py).
+A subclass may draw from something else than a generator bundle by overriding
 `sampler` (tests draw real images, or noise).
 """
 from __future__ import annotations
@@ -55,6 +58,8 @@ class GeneratedConfig:
     train_size: int = param(2000, ge=1, help="generated training images, class i mod K for image i")
     block: int = param(64, ge=1, help="images per generator call: its batch norm uses the statistics "
                        "of the batch it draws, so use the batch size the GAN was trained with")
+    with_real_train: bool = param(False, help="train on the real source's train split too (first, "
+                                  "then the generated images): real images augmented with samples")
 
 
 def block_noise_generator(seed: int, block: int) -> torch.Generator:
@@ -74,6 +79,7 @@ class GeneratedData:
         self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
         self.real = build_real(cfg.real, seed, self.device)
         self.info = self.real.info
+        self._n_real = self.real.size("train") if cfg.with_real_train else 0
         k = self.info.num_classes
         self._y = torch.arange(cfg.train_size, device=self.device) % k
         draw = self.sampler(cfg)
@@ -119,20 +125,29 @@ class GeneratedData:
 
     def size(self, split: str) -> int:
         check_split(split)
-        return self.cfg.train_size if split == "train" else self.real.size(split)
+        return self._n_real + self.cfg.train_size if split == "train" else self.real.size(split)
 
     def get(self, split: str, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         check_split(split)
         if split != "train":
             return self.real.get(split, indices)
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).to(self.device)
-        return {"x": self._x[idx], "y": self._y[idx]}
+        if not self._n_real:
+            return {"x": self._x[idx], "y": self._y[idx]}
+        real = idx < self._n_real  # a batch mixes both: each image comes from its own source
+        gen = (idx - self._n_real).clamp(min=0)  # a real image's slot is filled below
+        x, y = self._x[gen].clone(), self._y[gen].clone()
+        if bool(real.any()):
+            b = self.real.get("train", idx[real])
+            x[real], y[real] = b["x"].to(self.device, x.dtype), b["y"].to(self.device)
+        return {"x": x, "y": y}
 
     def class_counts(self, split: str) -> torch.Tensor:
         """(num_classes,) examples per class in `split`."""
         check_split(split)
         if split == "train":
-            return torch.bincount(self._y.cpu(), minlength=self.info.num_classes)
+            gen = torch.bincount(self._y.cpu(), minlength=self.info.num_classes)
+            return gen + self.real.class_counts("train").cpu() if self._n_real else gen
         return self.real.class_counts(split)
 
 
