@@ -90,7 +90,7 @@ class GAN(Family):
                             "out_features": cfg.features, "spectral_norm": cfg.spectral_norm}
         self.D = Discriminator(info.input_shape, self._trunk_args["channels"], cfg.features, ncls,
                                cfg.spectral_norm, cfg.d_mbstd, self._ac_outputs(cfg, ncls),
-                               cfg.d_projection)
+                               cfg.d_projection, cfg.ac_pool)
         if cfg.g_atlas is not None:  # the anatomy from a frozen atlas; G draws pose and lesions
             self.G, self._gen_args = build_atlas_generator(cfg, info, ncls)
         else:

@@ -52,6 +52,13 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
         args["layout"] = layout
     if cfg.g_lesion_gain is not None:
         args["lesion_gain"] = [float(v) for v in cfg.g_lesion_gain]
+    if cfg.g_anatomy_residual:
+        args["anatomy_maps"] = int(cfg.g_anatomy_residual)
+    if cfg.g_lesion_min_count:
+        args["min_count"] = per_class_counts(cfg.g_lesion_min_count, info.class_names)
+    if cfg.g_lesion_min_sigma:
+        args["min_sigma"] = per_class_counts(cfg.g_lesion_min_sigma, info.class_names,
+                                             "model.g_lesion_min_sigma", 0.5)
     gen = AtlasGenerator(**args)
     gen.atlas.load_state_dict(enc.atlas.state_dict())
     gen.fit_template_frame()
@@ -69,6 +76,18 @@ def layouts_per_class(layout: str | dict[str, str], class_names) -> str | list[s
         raise RecipeError("model.g_lesion_layout", f"unknown class {unknown[0]!r} in {layout}; "
                           f"expected class names of the data: {', '.join(names)}")
     return [layout.get(c, "slots") for c in names]
+
+
+def per_class_counts(counts: dict[str, float], class_names, key: str = "model.g_lesion_min_count",
+                     unnamed: float = 0.0) -> list[float]:
+    """A mapping of class names to numbers (model.g_lesion_min_count, g_lesion_min_sigma) as the
+    generator takes it: one number per class, in class order, `unnamed` for the classes not named."""
+    names = [str(c) for c in class_names]
+    unknown = [c for c in counts if c not in names]
+    if unknown:
+        raise RecipeError(key, f"unknown class {unknown[0]!r} in {counts}; "
+                          f"expected class names of the data: {', '.join(names)}")
+    return [float(counts.get(c, unnamed)) for c in names]
 
 
 @torch.no_grad()
@@ -91,4 +110,5 @@ def atlas_view(gen: AtlasGenerator, x: torch.Tensor, k: float) -> torch.Tensor:
     return x + k * (x - base)
 
 
-__all__ = ["KEY", "atlas_view", "build_atlas_generator", "fit_atlas_pose", "layouts_per_class"]
+__all__ = ["KEY", "atlas_view", "build_atlas_generator", "fit_atlas_pose", "layouts_per_class",
+           "per_class_counts"]

@@ -94,6 +94,21 @@ class GANConfig:
                                 "rendering of x at its own pose), real and fake alike: the slice's "
                                 "departure from the healthy anatomy (its tumours) amplified, for "
                                 "faint hard-mode tumours (0: D sees x)")
+    g_anatomy_residual: int = param(0, ge=0, help="g_atlas: this many learnt maps in the "
+                                    "template's coordinates (zero at step 0), the first added to "
+                                    "every image, the others weighted by a linear map of z, never "
+                                    "the class: the anatomy the atlas misses (its misfit), drawn "
+                                    "for every class alike (genlab.nn.gan_anatomy; 0: off)")
+    g_lesion_min_count: dict[str, float] = param(default_factory=dict, help="g_atlas, conditional: "
+                                                 "class name -> the least number of discs G draws "
+                                                 "for it, e.g. {B: 4} (classes not named: none)")
+    g_lesion_min_sigma: dict[str, float] = param(default_factory=dict, help="g_atlas, conditional: "
+                                                 "class name -> the least sigma (px) of its discs, "
+                                                 "e.g. {B: 1.2} (classes not named: 0.5, the least "
+                                                 "G may draw)")
+    ac_pool: Literal["max", "max+mean"] = param("max", help="how D's class head (ac_weight) pools "
+                                                "each conv map over positions: max (is there a "
+                                                "blob), or max+mean (and how many)")
     best_on: Literal["fid", "agreement"] = param("fid", help="what checkpoints/best.pt is chosen on: "
                                                  "the lowest Frechet distance under fid_extractor, or "
                                                  "the highest mean agreement under lesion_judge "
@@ -119,6 +134,23 @@ class GANConfig:
         if isinstance(self.g_lesion_layout, dict) and not (self.conditional and self.g_lesion_layout):
             raise ValueError(f"g_lesion_layout: a layout per class needs conditional: true and at "
                              f"least one class (got {self.g_lesion_layout}, conditional: {self.conditional})")
+        if (self.g_anatomy_residual or self.g_lesion_min_count) and self.g_atlas is None:
+            raise ValueError(f"g_anatomy_residual: {self.g_anatomy_residual} and g_lesion_min_count: "
+                             f"{self.g_lesion_min_count} need g_atlas (they shape the atlas G)")
+        if self.g_lesion_min_count and not self.conditional:
+            raise ValueError(f"g_lesion_min_count: {self.g_lesion_min_count} needs conditional: true")
+        if self.g_lesion_min_sigma and not (self.conditional and self.g_atlas is not None):
+            raise ValueError(f"g_lesion_min_sigma: {self.g_lesion_min_sigma} needs g_atlas and "
+                             "conditional: true")
+        bad = {c: v for c, v in self.g_lesion_min_sigma.items() if not 0.5 <= v < 8.0}
+        if bad:
+            raise ValueError(f"g_lesion_min_sigma: expected sigmas in [0.5, 8) px, got {bad}")
+        bad = {c: v for c, v in self.g_lesion_min_count.items() if not 0 <= v <= self.g_lesion_slots}
+        if bad:
+            raise ValueError(f"g_lesion_min_count: expected counts in [0, g_lesion_slots = "
+                             f"{self.g_lesion_slots}], got {bad}")
+        if self.ac_pool != "max" and self.ac_weight == 0:
+            raise ValueError(f"ac_pool: {self.ac_pool} needs ac_weight > 0 (the class head it pools for)")
         gain = self.g_lesion_gain
         if gain is not None and not (len(gain) == 2 and 0 < gain[0] < gain[1]):
             raise ValueError(f"g_lesion_gain: expected [low, high] with 0 < low < high, got {gain}")

@@ -44,6 +44,9 @@ discs in a line). Or one layout per class (a list): the lattice drew B's separat
 9-11 of C's dots, slots C's 43-48 spots but B as a bar; the head `area` then has five outputs
 (spread, gain, count, jitter, spacing) and each image's class picks which centres it gets.
 `lesion_gain` sets the range of the lesion gain (hard mode's tumours are fainter than LESION_GAIN).
+`anatomy_maps` adds a learnt residual to the template, the same for every class (genlab.nn.gan_anatomy:
+the atlas's misfit, which real healthy slices carry); `min_count` and `min_sigma` a least disc
+count and a least disc sigma per class.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ from torch import nn
 
 from genlab.nn import gan_lesion_layout as layout_
 from genlab.nn.atlas import Atlas
+from genlab.nn.gan_anatomy import AnatomyResidual, warp_like_atlas
 from genlab.nn.gan_lesion_layout import uniform_in_disc
 
 HEAD_LEVEL = 0.1  # template pixels brighter than this are head (the background is ~0.03)
@@ -97,14 +101,14 @@ class _FloorComeBack(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lo):
-        ctx.save_for_backward(x)
-        ctx.lo = lo
-        return x.clamp(min=lo)
+        lo = torch.as_tensor(lo, dtype=x.dtype, device=x.device)  # a number, or one per row
+        ctx.save_for_backward(x, lo)
+        return torch.maximum(x, lo)
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return torch.where(x >= ctx.lo, grad, grad.clamp(max=0)), None
+        x, lo = ctx.saved_tensors
+        return torch.where(x >= lo, grad, grad.clamp(max=0)), None
 
 
 def _between(raw: torch.Tensor, lo_hi: tuple[float, float]) -> torch.Tensor:
@@ -134,7 +138,8 @@ class AtlasGenerator(nn.Module):
     def __init__(self, out_shape: list[int], widths: list[int], up: int, code_dim: int,
                  num_classes: int = 0, slots: int = 48, hidden: int = 128,
                  max_log_scale: float = 0.3, max_shift: float = 0.3, layout: str = "slots",
-                 lesion_gain: tuple[float, float] | None = None):
+                 lesion_gain: tuple[float, float] | None = None, anatomy_maps: int = 0,
+                 min_count: list[float] | None = None, min_sigma: list[float] | None = None):
         super().__init__()
         c, h, w = (int(v) for v in out_shape)
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
@@ -191,6 +196,24 @@ class AtlasGenerator(nn.Module):
         self.slot_out = nn.Linear(64, 4)  # per disc: offset x, y, log sigma (px), log amplitude
         self._init_gain = init_gain
         self._init_heads()
+        # the options below hold no weights or are created last: off, G draws the same initial weights
+        # per class, the least number of discs (a floor under the count) and the least disc sigma
+        self.min_count = self._per_class("min_count", min_count, num_classes, 0, self.slots, True)
+        self.min_sigma = self._per_class("min_sigma", min_sigma, num_classes, SIGMA[0], SIGMA[1], False)
+        self.anatomy = (AnatomyResidual(anatomy_maps, list(self.atlas.template.shape[1:]), code_dim)
+                        if anatomy_maps else None)
+
+    def _per_class(self, name: str, values, num_classes: int, lo: float, hi: float,
+                   hi_in: bool) -> list[float] | None:
+        """One number per class in [lo, hi] (hi_in) or [lo, hi), kept as buffer class_<name>."""
+        if values is None:
+            return None
+        values = [float(v) for v in values]
+        if len(values) != num_classes or not all(lo <= v <= hi and (hi_in or v < hi) for v in values):
+            raise ValueError(f"{name}: expected one number in [{lo}, {hi}{']' if hi_in else ')'} per "
+                             f"class ({num_classes}), got {values}")
+        self.register_buffer(f"class_{name}", torch.tensor(values), persistent=False)
+        return values
 
     @torch.no_grad()
     def _init_heads(self) -> None:
@@ -274,13 +297,19 @@ class AtlasGenerator(nn.Module):
             on_lattice = self.class_lattice[y][:, None, None]
             centres = torch.where(on_lattice, self._lattice_centres(a, reach, u_area, u_slots, u_angle),
                                   self._slot_centres(a, s, reach, u_area, u_slots))
-        sigma = _between(s[..., 2], SIGMA)
+        if self.min_sigma is None:
+            sigma = _between(s[..., 2], SIGMA)
+        else:  # per class, [its least sigma, SIGMA's top]: B's medium discs, not G's 0.5 px dots
+            lo = self.class_min_sigma[y][:, None]
+            sigma = lo + (SIGMA[1] - lo) * torch.sigmoid(s[..., 2])
         # disc k is on while k < count: one number per image sets how many, and the disc at the
         # boundary always passes a gradient to it. The floor keeps that boundary disc within
         # reach (count >= -0.5: disc 0 at 3e-4 of its amplitude, not at 0): a class whose discs
         # D rejects early (before its class head has learnt them) can draw them again later
         # (measured: without it B and C fell to counts of -5 by step 400)
-        count = _st_clamp(_FloorComeBack.apply(COUNT_SCALE * a[:, 2:3], -0.5), None, float(self.slots))
+        # With min_count, the floor is the class's least count (B: 4 discs, not the 2 G settles on)
+        floor = -0.5 if self.min_count is None else self.class_min_count[y][:, None].clamp_min(-0.5)
+        count = _st_clamp(_FloorComeBack.apply(COUNT_SCALE * a[:, 2:3], floor), None, float(self.slots))
         on = torch.sigmoid(COUNT_SHARPNESS * (count - self.slot_index - 0.5))
         amp = torch.exp(_between(s[..., 3], LOG_AMP)) * on
         return centres, sigma, amp, _between(a[:, 1], self.gain_range)
@@ -325,11 +354,15 @@ class AtlasGenerator(nn.Module):
         rows = start[:, None] + torch.arange(h, device=u.device)
         return amp.view(-1, 1, 1, 1) * self.noise_bank[rows][:, None]
 
-    def compose(self, pose: torch.Tensor, lesions: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def compose(self, pose: torch.Tensor, lesions: torch.Tensor, noise: torch.Tensor,
+                anatomy: torch.Tensor | None = None) -> torch.Tensor:
         """The image from a pose (B, 6), a lesion layer (B, C or 1, H, W) in template brightness
-        units (before the gain) and noise (B, C or 1, H, W): all lesion and noise zero gives
-        the atlas's rendering, clamped to [0, 1]."""
-        base = _st_clamp(self.atlas.render(pose) + noise, 0.0, 1.0)
+        units (before the gain), noise (B, C or 1, H, W) and optionally an anatomy residual in
+        template coordinates (B, C, H up, W up; `AnatomyResidual`): all lesion, noise and
+        residual zero gives the atlas's rendering, clamped to [0, 1]."""
+        anatomy_px = 0.0 if anatomy is None else warp_like_atlas(anatomy, pose, self.atlas.up,
+                                                                 tuple(self.out_shape[1:]))
+        base = _st_clamp(self.atlas.render(pose) + anatomy_px + noise, 0.0, 1.0)
         return _st_clamp(base + torch.exp(pose[:, 4]).view(-1, 1, 1, 1) * lesions, None, 1.0)
 
     def forward(self, latent: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -350,7 +383,8 @@ class AtlasGenerator(nn.Module):
                                "g_disc_sigma": sigma.mean().detach(),
                                "g_area_reach": _between(self.area_reach.detach(), AREA_REACH)}
             noise = self.noise(parts["noise"], F.softplus(self.noise_amp(z)))
-            return self.compose(pose, lesions, noise)
+            anatomy = None if self.anatomy is None else self.anatomy(z)
+            return self.compose(pose, lesions, noise, anatomy)
 
 
 __all__ = ["ATLAS_GENERATOR_BUILDER", "LAYOUTS", "AtlasGenerator", "into_disc", "uniform_in_disc"]
