@@ -96,7 +96,7 @@ def test_the_study_report_pairs_by_seed_and_bad_options_exit_2(tmp_path, capsys)
     study = _study()
 
     def scores(acc, b):
-        return {"acc": acc, "lesion_auc": 0.9, "recall": {"A": 0.5, "B": b}, "steps": 100,
+        return {"acc": acc, "lesion_auc": 0.9, "recall": {"A": 0.5, "B": b}, "steps": 100, "best_step": 50,
                 "test_images": 400, "key": {}}
 
     rows = [{"kind": "real", "seed": 0, "generated": 0, "scores": scores(0.60, 0.4)},
@@ -106,6 +106,7 @@ def test_the_study_report_pairs_by_seed_and_bad_options_exit_2(tmp_path, capsys)
              for s, acc in ((0, 0.65), (1, 0.47))]
     md = study.report(rows, "test machine")
     assert "| 0 | 2000 | 0.600 | 0.650 | +0.050 |" in md and "| 1 | 2000 | 0.500 | 0.470 | -0.030 |" in md
+    assert md.count("|---") == 11  # one per column: seed ... GAN step, a recall per class
     assert "paired gain in test accuracy +0.010 ± 0.057 over 2 seeds, positive on 1 of 2" in md
     for argv, words in ((["--gan", "zero=" + str(tmp_path)], "SEED=RUN_FOLDER"),
                         (["--gan", f"0={tmp_path / 'none'}"], "is not a folder"),
