@@ -58,6 +58,7 @@ from genlab.nn.gan_blocks import Discriminator, Generator, gan_widths, save_gene
 from genlab.nn.gan_losses import (
     d_loss_fn,
     ema_beta,
+    g_class_loss,
     g_loss_fn,
     gradient_penalty,
     mode_seeking_ratio,
@@ -161,6 +162,7 @@ class GAN(Family):
         out = {"d_loss": loss.detach(), "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
         if ac:  # AC-GAN: D's class head learns the real labels (and the fakes' classes)
             ce = F.cross_entropy(cls_real, y)
+            self._ac_real_ce = ce.detach().float()  # g_ac_floor: the confidence G's term stops at
             out.update(d_ac=ce.detach(), d_ac_acc=(cls_real.argmax(1) == y).float().mean())
             if cfg.ac_fakes != "off":  # their class, or the extra "generated" class K
                 target = y if cfg.ac_fakes == "class" else torch.full_like(y, self.info.num_classes)
@@ -192,7 +194,8 @@ class GAN(Family):
             loss = g_loss_fn(self.cfg.loss, d_fake)
             out = {"g_loss": loss.detach()}
             if ac:  # AC-GAN: G draws what D's class head reads as the conditioning class
-                ce = F.cross_entropy(cls_fake, y)
+                floor = getattr(self, "_ac_real_ce", None) if self.cfg.g_ac_floor == "real" else None
+                ce = g_class_loss(cls_fake, y, floor)
                 loss = loss + self.cfg.ac_weight * ce
                 out.update(g_ac=ce.detach(), g_ac_acc=(cls_fake.argmax(1) == y).float().mean())
             out.update(getattr(self.G, "last_stats", {}))  # the atlas G: discs on, their gain

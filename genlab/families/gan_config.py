@@ -64,6 +64,11 @@ class GANConfig:
         "(AC-GAN as published: their conditioning class), fake (an extra class K+1, 'generated', "
         "as in the semi-supervised GAN of Salimans et al. 2016: the head then also judges "
         "whether the class evidence looks real, so G cannot pass with an adversarial texture)")
+    g_ac_floor: Literal["none", "real"] = param(
+        "none", help="G's class term: none (AC-GAN as published: the fakes' mean cross-entropy, "
+        "which keeps rewarding samples the class head is surer of than of real ones) or real (each "
+        "fake's cross-entropy above the real batch's mean only: no pull past the real images' "
+        "confidence, against samples that overshoot their class; needs ac_weight > 0)")
     r1_gamma: float = param(0.0, ge=0, help="R1 penalty (Mescheder et al. 2018): D's loss adds "
                             "r1_gamma / 2 * mean |grad_x D(x)|^2 over the real images (0: off)")
     r1_every: int = param(1, ge=1, help="lazy R1: the penalty every this many steps, scaled by it "
@@ -121,6 +126,8 @@ class GANConfig:
         if self.ac_weight > 0 and not self.conditional:
             raise ValueError(f"ac_weight: {self.ac_weight} needs conditional: true (the class head "
                              "learns the labels)")
+        if self.g_ac_floor != "none" and self.ac_weight == 0:
+            raise ValueError(f"g_ac_floor: {self.g_ac_floor} needs ac_weight > 0")
         if self.ac_fakes != "off" and self.ac_weight == 0:
             raise ValueError(f"ac_fakes: {self.ac_fakes} needs ac_weight > 0")
         if self.g_atlas is not None and (self.g_class_norm or self.g_full_res):

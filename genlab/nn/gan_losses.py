@@ -25,6 +25,16 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, eps: torch.
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
+def g_class_loss(logits: torch.Tensor, y: torch.Tensor, floor: torch.Tensor | None = None) -> torch.Tensor:
+    """G's AC term: the mean cross-entropy of D's class head on the fakes against their class, or
+    with `floor` (the real batch's mean cross-entropy, detached) only what each fake's lies above
+    it. Plain AC-GAN keeps pulling a sample deeper into its class after it is as clear as real
+    images are; measured on easy brain slices, G then drew tumours twice as bright as the data's."""
+    if floor is None:
+        return F.cross_entropy(logits, y)
+    return F.relu(F.cross_entropy(logits.float(), y, reduction="none") - floor).mean()
+
+
 def r1_penalty(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of |grad_x D(x)|_2^2 at the real images: `scores` (B,) must have
     been computed from `real` (which requires grad). Differentiable (create_graph)."""
