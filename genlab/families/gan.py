@@ -105,6 +105,7 @@ class GAN(Family):
         self.latent_dim = self.G.z_dim  # the atlas G's holds its disc and pose noise too
         # The EMA generator lives in the state_dict (checkpoints hold it); never optimised.
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+        self._ac_real_ce: torch.Tensor | None = None  # D's class-head CE on the last real batch
         # The judge is a fixed function, kept out of the state_dict (a plain dict attribute).
         self.judge_name, judge = build_fid_judge(cfg.fid_extractor, info)
         self._judge = {"net": judge}
@@ -194,7 +195,7 @@ class GAN(Family):
             loss = g_loss_fn(self.cfg.loss, d_fake)
             out = {"g_loss": loss.detach()}
             if ac:  # AC-GAN: G draws what D's class head reads as the conditioning class
-                floor = getattr(self, "_ac_real_ce", None) if self.cfg.g_ac_floor == "real" else None
+                floor = self._ac_real_ce if self.cfg.g_ac_floor == "real" else None
                 ce = g_class_loss(cls_fake, y, floor)
                 loss = loss + self.cfg.ac_weight * ce
                 out.update(g_ac=ce.detach(), g_ac_acc=(cls_fake.argmax(1) == y).float().mean())
