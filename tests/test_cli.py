@@ -15,9 +15,10 @@ from genlab.core import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
-# train.steps=5 with the recipes' own warm-ups (up to 100 steps): scaled down, not refused
+# train.steps=5 with the recipes' own warm-ups (up to 100 steps): scaled down, not refused; the
+# online probe on 64 training images (its default 1,000 were half of a smoke run's time)
 FAST = ["--set", "train.steps=5", "--set", "train.batch_size=8",
-        "--set", "train.eval_batches=1",
+        "--set", "train.eval_batches=1", "--set", "log.probe_train=64",
         "--set", "log.every=1", "--set", "log.eval_every=4", "--set", "log.render_every=4",
         "--set", "log.checkpoint_every=4", "--set", "log.render_examples=8", "--device", "cpu"]
 

@@ -1,6 +1,6 @@
 """Three options of the hard-mode conditional GAN: the atlas G's anatomy residual
 (model.g_anatomy_residual), a least disc count and sigma per class (model.g_lesion_min_count,
-g_lesion_min_sigma) and D's class
+g_lesion_min_sigma, g_lesion_min_spacing) and D's class
 head pooled by the mean beside the maximum (model.ac_pool). Checked on small cases with known
 answers: the residual is zero at step 0 (G unchanged), moves and scales with the pose as the
 template does, is the same for every class, stays within R_MAX and reaches its maps' gradients; a class with a
@@ -110,6 +110,30 @@ def test_a_least_sigma_per_class_starts_that_class_s_range_there_and_leaves_the_
         AtlasGenerator([1, 16, 12], [4], 2, code_dim=8, num_classes=3, min_sigma=[0.5, 9.0, 0.5])
 
 
+def test_a_least_lattice_spacing_per_class_holds_that_class_s_discs_apart_and_leaves_the_others():
+    torch.manual_seed(0)
+    plain = AtlasGenerator([1, 16, 12], [4], 2, code_dim=8, num_classes=3, slots=3, layout="lattice")
+    g = AtlasGenerator([1, 16, 12], [4], 2, code_dim=8, num_classes=3, slots=3, layout="lattice",
+                       min_spacing=[3.0, 6.0, 3.0])
+    g.load_state_dict(plain.state_dict())
+    z, y = torch.randn(9, g.z_dim), torch.arange(9) % 3
+    parts = g.split_latent(z)
+    for m in (g, plain):
+        with torch.no_grad():
+            m.area.bias[0], m.area.bias[3] = -30.0, -30.0  # G asks for the least spacing, no jitter
+    h = g.trunk(torch.cat([parts["z"], g.embed(y)], 1))
+    args = (h, parts["area"], parts["slots"], parts["angle"], y)
+    px = g.draw_discs(*args)[0] * torch.tensor([6.0, 8.0])  # normalised -> px: half of 12 x 16
+    gap = (px[:, 0] - px[:, 1]).norm(dim=1)  # disc 0 at the centre, disc 1 on the first ring
+    least = torch.tensor([3.0, 6.0, 3.0] * 3)  # the spacing's logit stops at -3 (it can come back)
+    want = least + (12 - least) * torch.sigmoid(torch.tensor(-3.0))
+    torch.testing.assert_close(gap, want, atol=1e-3, rtol=0)
+    torch.testing.assert_close(g.draw_discs(*args)[0][y != 1], plain.draw_discs(*args)[0][y != 1])
+    with pytest.raises(ValueError, match=r"min_spacing: expected one number in \[3.0, 12.0\) per class"):
+        AtlasGenerator([1, 16, 12], [4], 2, code_dim=8, num_classes=3, layout="lattice",
+                       min_spacing=[3.0, 2.0, 3.0])
+
+
 def test_the_floor_passes_only_the_gradient_that_raises_the_count():
     _, g = _pair(min_count=[0, 2, 0], maps=1)
     with torch.no_grad():
@@ -161,7 +185,8 @@ def _recipe(atlas, **model):
 def test_a_recipe_with_all_three_trains_exports_and_reloads(tmp_path):
     atlas = _atlas_export(tmp_path)
     r = _recipe(atlas, g_anatomy_residual=2, g_lesion_min_count={"3": 2}, ac_pool="max+mean",
-                g_lesion_min_sigma={"3": 1.5})
+                g_lesion_min_sigma={"3": 1.5}, g_lesion_layout={"3": "lattice"},
+                g_lesion_min_spacing={"3": 6.0})
     t = Trainer(from_mapping(r), out_root=tmp_path / "runs", quiet=True)
     assert t.model.G.min_count == [0, 0, 0, 2] + [0] * 6 and t.model.D.ac_mean
     before = t.model.G.anatomy.maps.detach().clone()
@@ -170,6 +195,7 @@ def test_a_recipe_with_all_three_trains_exports_and_reloads(tmp_path):
     gen = load_generator(t.model.export_generator(tmp_path / "gen"))
     assert gen.anatomy is not None and gen.min_count == t.model.G.min_count
     assert gen.min_sigma == [0.5] * 3 + [1.5] + [0.5] * 6
+    assert gen.min_spacing == [3.0] * 3 + [6.0] + [3.0] * 6
     z, y = torch.randn(10, gen.z_dim), torch.arange(10)
     torch.testing.assert_close(gen(z, y), t.model.G_ema.eval()(z, y))
 
@@ -183,6 +209,11 @@ def test_a_recipe_with_all_three_trains_exports_and_reloads(tmp_path):
     ({"g_anatomy_residual": -1}, r"g_anatomy_residual"),
     ({"g_lesion_min_sigma": {"Q": 1.0}}, r"model\.g_lesion_min_sigma: unknown class 'Q'.*0, 1, 2"),
     ({"g_lesion_min_sigma": {"3": 0.2}}, r"g_lesion_min_sigma.*\[0.5, 8\) px.*'3': 0.2"),
+    ({"g_lesion_min_spacing": {"3": 6.0}}, r"g_lesion_min_spacing.*needs.*a lattice in g_lesion_layout"),
+    ({"g_lesion_layout": "lattice", "g_lesion_min_spacing": {"3": 2.0}},
+     r"g_lesion_min_spacing: expected spacings in \[3, 12\) px.*'3': 2.0"),
+    ({"g_lesion_layout": "lattice", "g_lesion_min_spacing": {"Q": 6.0}},
+     r"model\.g_lesion_min_spacing: unknown class 'Q'"),
     ({"ac_pool": "mean"}, r"model\.ac_pool.*'max', 'max\+mean'.*'mean'"),
     ({"ac_pool": "max+mean", "ac_weight": 0.0}, r"ac_pool: max\+mean needs ac_weight > 0"),
 ])

@@ -59,6 +59,9 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
     if cfg.g_lesion_min_sigma:
         args["min_sigma"] = per_class_counts(cfg.g_lesion_min_sigma, info.class_names,
                                              "model.g_lesion_min_sigma", 0.5)
+    if cfg.g_lesion_min_spacing:
+        args["min_spacing"] = per_class_counts(cfg.g_lesion_min_spacing, info.class_names,
+                                               "model.g_lesion_min_spacing", 3.0)
     gen = AtlasGenerator(**args)
     gen.atlas.load_state_dict(enc.atlas.state_dict())
     gen.fit_template_frame()

@@ -111,6 +111,10 @@ class GANConfig:
                                                  "class name -> the least sigma (px) of its discs, "
                                                  "e.g. {B: 1.2} (classes not named: 0.5, the least "
                                                  "G may draw)")
+    g_lesion_min_spacing: dict[str, float] = param(default_factory=dict, help="g_atlas, conditional, "
+                                                   "a lattice layout: class name -> the least spacing "
+                                                   "(px) of its lattice, e.g. {B: 6} (classes not named: "
+                                                   "3, the least G may draw)")
     ac_pool: Literal["max", "max+mean"] = param("max", help="how D's class head (ac_weight) pools "
                                                 "each conv map over positions: max (is there a "
                                                 "blob), or max+mean (and how many)")
@@ -152,6 +156,14 @@ class GANConfig:
         bad = {c: v for c, v in self.g_lesion_min_sigma.items() if not 0.5 <= v < 8.0}
         if bad:
             raise ValueError(f"g_lesion_min_sigma: expected sigmas in [0.5, 8) px, got {bad}")
+        if self.g_lesion_min_spacing and not (self.conditional and self.g_atlas is not None
+                                              and "lattice" in _layouts(self.g_lesion_layout)):
+            raise ValueError(f"g_lesion_min_spacing: {self.g_lesion_min_spacing} needs g_atlas, "
+                             f"conditional: true and a lattice in g_lesion_layout (got "
+                             f"{self.g_lesion_layout!r})")
+        bad = {c: v for c, v in self.g_lesion_min_spacing.items() if not 3.0 <= v < 12.0}
+        if bad:
+            raise ValueError(f"g_lesion_min_spacing: expected spacings in [3, 12) px, got {bad}")
         bad = {c: v for c, v in self.g_lesion_min_count.items() if not 0 <= v <= self.g_lesion_slots}
         if bad:
             raise ValueError(f"g_lesion_min_count: expected counts in [0, g_lesion_slots = "
@@ -163,3 +175,8 @@ class GANConfig:
             raise ValueError(f"g_lesion_gain: expected [low, high] with 0 < low < high, got {gain}")
         if len(set(self.d_augment)) != len(self.d_augment):
             raise ValueError(f"d_augment: each transformation at most once, got {self.d_augment}")
+
+
+def _layouts(layout) -> list[str]:
+    """model.g_lesion_layout's layouts: a name, or the values of a mapping per class."""
+    return [layout] if isinstance(layout, str) else list(layout.values())

@@ -46,7 +46,7 @@ discs in a line). Or one layout per class (a list): the lattice drew B's separat
 `lesion_gain` sets the range of the lesion gain (hard mode's tumours are fainter than LESION_GAIN).
 `anatomy_maps` adds a learnt residual to the template, the same for every class (genlab.nn.gan_anatomy:
 the atlas's misfit, which real healthy slices carry); `min_count` and `min_sigma` a least disc
-count and a least disc sigma per class.
+count, a least disc sigma and a least lattice spacing per class.
 """
 from __future__ import annotations
 
@@ -139,7 +139,8 @@ class AtlasGenerator(nn.Module):
                  num_classes: int = 0, slots: int = 48, hidden: int = 128,
                  max_log_scale: float = 0.3, max_shift: float = 0.3, layout: str = "slots",
                  lesion_gain: tuple[float, float] | None = None, anatomy_maps: int = 0,
-                 min_count: list[float] | None = None, min_sigma: list[float] | None = None):
+                 min_count: list[float] | None = None, min_sigma: list[float] | None = None,
+                 min_spacing: list[float] | None = None):
         super().__init__()
         c, h, w = (int(v) for v in out_shape)
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
@@ -200,6 +201,7 @@ class AtlasGenerator(nn.Module):
         # per class, the least number of discs (a floor under the count) and the least disc sigma
         self.min_count = self._per_class("min_count", min_count, num_classes, 0, self.slots, True)
         self.min_sigma = self._per_class("min_sigma", min_sigma, num_classes, SIGMA[0], SIGMA[1], False)
+        self.min_spacing = self._per_class("min_spacing", min_spacing, num_classes, *layout_.SPACING, False)
         self.anatomy = (AnatomyResidual(anatomy_maps, list(self.atlas.template.shape[1:]), code_dim)
                         if anatomy_maps else None)
 
@@ -289,19 +291,16 @@ class AtlasGenerator(nn.Module):
             torch.cat([u_slots, self.slot_embed.expand(len(h), -1, -1)], 2)), 0.2))
         reach = _between(self.area_reach, AREA_REACH)
         if not self.per_class:
-            centres = (self._lattice_centres(a, reach, u_area, u_slots, u_angle) if self.uses_lattice
+            centres = (self._lattice_centres(a, reach, u_area, u_slots, u_angle, y) if self.uses_lattice
                        else self._slot_centres(a, s, reach, u_area, u_slots))
         else:
             if y is None:
                 raise ValueError("layouts per class: draw_discs needs the classes y")
             on_lattice = self.class_lattice[y][:, None, None]
-            centres = torch.where(on_lattice, self._lattice_centres(a, reach, u_area, u_slots, u_angle),
+            centres = torch.where(on_lattice, self._lattice_centres(a, reach, u_area, u_slots, u_angle, y),
                                   self._slot_centres(a, s, reach, u_area, u_slots))
-        if self.min_sigma is None:
-            sigma = _between(s[..., 2], SIGMA)
-        else:  # per class, [its least sigma, SIGMA's top]: B's medium discs, not G's 0.5 px dots
-            lo = self.class_min_sigma[y][:, None]
-            sigma = lo + (SIGMA[1] - lo) * torch.sigmoid(s[..., 2])
+        # per class, [its least sigma, SIGMA's top]: B's medium discs, not G's 0.5 px dots
+        sigma = _between(s[..., 2], self._class_range("min_sigma", SIGMA, y))
         # disc k is on while k < count: one number per image sets how many, and the disc at the
         # boundary always passes a gradient to it. The floor keeps that boundary disc within
         # reach (count >= -0.5: disc 0 at 3e-4 of its amplitude, not at 0): a class whose discs
@@ -314,10 +313,19 @@ class AtlasGenerator(nn.Module):
         amp = torch.exp(_between(s[..., 3], LOG_AMP)) * on
         return centres, sigma, amp, _between(a[:, 1], self.gain_range)
 
-    def _lattice_centres(self, a, reach, u_area, u_slots, u_angle) -> torch.Tensor:
-        """genlab.nn.gan_lesion_layout: a drawn, turned, jittered lattice at a learnt spacing."""
+    def _class_range(self, name: str, lo_hi: tuple[float, float], y) -> tuple:
+        """lo_hi, its low end raised to each image's class's least value (B, 1) when the
+        per-class option `name` is set."""
+        if getattr(self, name) is None:
+            return lo_hi
+        return getattr(self, f"class_{name}")[y][:, None], lo_hi[1]
+
+    def _lattice_centres(self, a, reach, u_area, u_slots, u_angle, y=None) -> torch.Tensor:
+        """genlab.nn.gan_lesion_layout: a drawn, turned, jittered lattice at a learnt spacing
+        (per class, at least min_spacing: B's separate discs, not a clump at the least spacing)."""
         col = self._spacing_col
-        spacing = _between(_FloorComeBack.apply(a[:, col:col + 1], -3.0), layout_.SPACING)
+        spacing = _between(_FloorComeBack.apply(a[:, col:col + 1], -3.0),
+                           self._class_range("min_spacing", layout_.SPACING, y))
         angle = 2 * math.pi * torch.special.ndtr(u_angle)
         jitter = _between(a[:, 3:4], layout_.JITTER)
         px = layout_.lattice_offsets(self.lattice, spacing, jitter, angle, u_slots)
