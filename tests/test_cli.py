@@ -36,6 +36,8 @@ def test_every_shipped_recipe_runs_a_few_steps(recipe, tmp_path, capsys, monkeyp
     for key in ("val_size", "test_size"):  # keep synthetic splits small for a smoke run
         if key in fields:
             extra += ["--set", f"data.{key}=8"]
+    if "ais_betas" in data.get("model", {}):  # AIS at its recipe's 1,000-2,000 temperatures: seconds
+        extra += ["--set", "model.ais_betas=50", "--set", "model.ais_runs=10"]
     if data.get("model", {}).get("backbone") == "brain_tumor_nn":  # 201 M weights at 128 x 96
         extra += ["--set", "data.size=[32,24]"]
     assert main(["train", str(recipe), "--out", str(tmp_path), "--quiet", *FAST, *extra]) == 0

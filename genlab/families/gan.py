@@ -195,7 +195,8 @@ class GAN(Family):
             loss = g_loss_fn(self.cfg.loss, d_fake)
             out = {"g_loss": loss.detach()}
             if ac:  # AC-GAN: G draws what D's class head reads as the conditioning class
-                floor = self._ac_real_ce if self.cfg.g_ac_floor == "real" else None
+                floored = self.cfg.g_ac_floor == "real" and ctx.step >= self.cfg.g_ac_floor_from
+                floor = self._ac_real_ce if floored else None
                 ce = g_class_loss(cls_fake, y, floor)
                 loss = loss + self.cfg.ac_weight * ce
                 out.update(g_ac=ce.detach(), g_ac_acc=(cls_fake.argmax(1) == y).float().mean())

@@ -69,6 +69,9 @@ class GANConfig:
         "which keeps rewarding samples the class head is surer of than of real ones) or real (each "
         "fake's cross-entropy above the real batch's mean only: no pull past the real images' "
         "confidence, against samples that overshoot their class; needs ac_weight > 0)")
+    g_ac_floor_from: int = param(0, ge=0, help="the step from which g_ac_floor applies (before it: "
+                                 "the plain class term): D's class head first learns classes it "
+                                 "sees only faintly (hard mode), then G stops at its confidence")
     r1_gamma: float = param(0.0, ge=0, help="R1 penalty (Mescheder et al. 2018): D's loss adds "
                             "r1_gamma / 2 * mean |grad_x D(x)|^2 over the real images (0: off)")
     r1_every: int = param(1, ge=1, help="lazy R1: the penalty every this many steps, scaled by it "
@@ -132,6 +135,8 @@ class GANConfig:
                              "learns the labels)")
         if self.g_ac_floor != "none" and self.ac_weight == 0:
             raise ValueError(f"g_ac_floor: {self.g_ac_floor} needs ac_weight > 0")
+        if self.g_ac_floor_from and self.g_ac_floor == "none":
+            raise ValueError(f"g_ac_floor_from: {self.g_ac_floor_from} needs g_ac_floor: real")
         if self.ac_fakes != "off" and self.ac_weight == 0:
             raise ValueError(f"ac_fakes: {self.ac_fakes} needs ac_weight > 0")
         if self.g_atlas is not None and (self.g_class_norm or self.g_full_res):
