@@ -226,13 +226,13 @@ def test_exported_atlas_generator_reloads_and_the_default_is_the_conv_one(tmp_pa
 
 
 def test_the_disc_count_stays_at_its_floor_ready_to_rise():
-    from genlab.nn.gan_atlas import _FloorComeBack
+    from genlab.nn.bounded import FloorComeBack
 
     x = torch.tensor([-3.0, -0.5, 2.0], requires_grad=True)
-    y = _FloorComeBack.apply(x, -0.5)
+    y = FloorComeBack.apply(x, -0.5)
     assert y.tolist() == [-0.5, -0.5, 2.0]
     (y * torch.tensor([1.0, 1.0, 1.0])).sum().backward()  # descent would lower every x
     assert x.grad.tolist() == [0.0, 1.0, 1.0]  # ... but the one below the floor stays put
     x.grad = None
-    (-_FloorComeBack.apply(x, -0.5)).sum().backward()  # descent would raise them: all may
+    (-FloorComeBack.apply(x, -0.5)).sum().backward()  # descent would raise them: all may
     assert x.grad.tolist() == [-1.0, -1.0, -1.0]

@@ -58,6 +58,7 @@ from torch import nn
 
 from genlab.nn import gan_lesion_layout as layout_
 from genlab.nn.atlas import Atlas
+from genlab.nn.bounded import FloorComeBack, between, inverse_between, st_clamp
 from genlab.nn.gan_anatomy import AnatomyResidual, warp_like_atlas
 from genlab.nn.gan_lesion_layout import uniform_in_disc
 
@@ -87,39 +88,6 @@ COUNT_SHARPNESS = 8.0  # disc k's share: sigmoid(8 (count - k - 1/2))
 COUNT_SCALE = 4.0
 ATLAS_GENERATOR_BUILDER = "gan_atlas_generator"  # its exported bundles' "builder"
 LAYOUTS = ("slots", "lattice")
-
-
-def _st_clamp(x: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
-    """Clamped value, identity gradient (as the conv generator's "clamp" output)."""
-    return x + (x.clamp(lo, hi) - x).detach()
-
-
-class _FloorComeBack(torch.autograd.Function):
-    """max(x, lo); below lo, only the gradient that would raise x passes. A plain clamp would
-    leave x stuck below lo for good (no gradient), a straight-through one would let a steady
-    "fewer" signal push it far below, out of reach; this one keeps it at lo, ready to rise."""
-
-    @staticmethod
-    def forward(ctx, x, lo):
-        lo = torch.as_tensor(lo, dtype=x.dtype, device=x.device)  # a number, or one per row
-        ctx.save_for_backward(x, lo)
-        return torch.maximum(x, lo)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, lo = ctx.saved_tensors
-        return torch.where(x >= lo, grad, grad.clamp(max=0)), None
-
-
-def _between(raw: torch.Tensor, lo_hi: tuple[float, float]) -> torch.Tensor:
-    lo, hi = lo_hi
-    return lo + (hi - lo) * torch.sigmoid(raw)
-
-
-def _inverse(value: float, lo_hi: tuple[float, float]) -> float:
-    """The raw value that `_between` maps to `value`."""
-    t = (value - lo_hi[0]) / (lo_hi[1] - lo_hi[0])
-    return math.log(t / (1 - t))
 
 
 def into_disc(q: torch.Tensor) -> torch.Tensor:
@@ -189,7 +157,7 @@ class AtlasGenerator(nn.Module):
                                  persistent=False)
         # one number for all classes and images: how far from the head's centre clusters may
         # sit (a share of the lesion area); it scales where they are, it cannot choose a place
-        self.area_reach = nn.Parameter(torch.tensor(_inverse(0.8, AREA_REACH)))
+        self.area_reach = nn.Parameter(torch.tensor(inverse_between(0.8, AREA_REACH)))
         self.slot_embed = nn.Parameter(torch.randn(self.slots, SLOT_EMBED))
         self.register_buffer("slot_index", torch.arange(self.slots, dtype=torch.float32), persistent=False)
         self.slot_h = nn.Linear(hidden, 64)
@@ -227,15 +195,17 @@ class AtlasGenerator(nn.Module):
         # (sigma 1.5, amp e^3: saturated out to sigma sqrt(6)). Sharp, because D rejects faint
         # blurry blobs at once, and G, answering, switches them off before D's class head has
         # learnt that the classes differ by them (measured: 48 faint discs at e^-1, off by step 60)
-        spread, spacing = _inverse(0.3, CLUSTER_SPREAD), _inverse(layout_.INIT_SPACING, layout_.SPACING)
+        spread = inverse_between(0.3, CLUSTER_SPREAD)
+        spacing = inverse_between(layout_.INIT_SPACING, layout_.SPACING)
         first = spread if self.per_class or not self.uses_lattice else spacing
-        bias = [first, _inverse(self._init_gain, self.gain_range), INIT_COUNT / COUNT_SCALE]
+        bias = [first, inverse_between(self._init_gain, self.gain_range), INIT_COUNT / COUNT_SCALE]
         if self.uses_lattice:
-            bias.append(_inverse(layout_.INIT_JITTER, layout_.JITTER))
+            bias.append(inverse_between(layout_.INIT_JITTER, layout_.JITTER))
         if self.per_class:
             bias.append(spacing)
         self.area.bias.copy_(torch.tensor(bias))
-        self.slot_out.bias.copy_(torch.tensor([0.0, 0.0, _inverse(1.5, SIGMA), _inverse(3.0, LOG_AMP)]))
+        self.slot_out.bias.copy_(torch.tensor([0.0, 0.0, inverse_between(1.5, SIGMA),
+                                               inverse_between(3.0, LOG_AMP)]))
         nn.init.zeros_(self.noise_amp.weight)
         self.noise_amp.bias.fill_(math.log(math.expm1(0.025)))  # softplus -> 0.025
 
@@ -289,7 +259,7 @@ class AtlasGenerator(nn.Module):
         a = self.area(h)
         s = self.slot_out(F.leaky_relu(self.slot_h(h)[:, None] + self.slot_in(
             torch.cat([u_slots, self.slot_embed.expand(len(h), -1, -1)], 2)), 0.2))
-        reach = _between(self.area_reach, AREA_REACH)
+        reach = between(self.area_reach, AREA_REACH)
         if not self.per_class:
             centres = (self._lattice_centres(a, reach, u_area, u_slots, u_angle, y) if self.uses_lattice
                        else self._slot_centres(a, s, reach, u_area, u_slots))
@@ -300,7 +270,7 @@ class AtlasGenerator(nn.Module):
             centres = torch.where(on_lattice, self._lattice_centres(a, reach, u_area, u_slots, u_angle, y),
                                   self._slot_centres(a, s, reach, u_area, u_slots))
         # per class, [its least sigma, SIGMA's top]: B's medium discs, not G's 0.5 px dots
-        sigma = _between(s[..., 2], self._class_range("min_sigma", SIGMA, y))
+        sigma = between(s[..., 2], self._class_range("min_sigma", SIGMA, y))
         # disc k is on while k < count: one number per image sets how many, and the disc at the
         # boundary always passes a gradient to it. The floor keeps that boundary disc within
         # reach (count >= -0.5: disc 0 at 3e-4 of its amplitude, not at 0): a class whose discs
@@ -308,10 +278,10 @@ class AtlasGenerator(nn.Module):
         # (measured: without it B and C fell to counts of -5 by step 400)
         # With min_count, the floor is the class's least count (B: 4 discs, not the 2 G settles on)
         floor = -0.5 if self.min_count is None else self.class_min_count[y][:, None].clamp_min(-0.5)
-        count = _st_clamp(_FloorComeBack.apply(COUNT_SCALE * a[:, 2:3], floor), None, float(self.slots))
+        count = st_clamp(FloorComeBack.apply(COUNT_SCALE * a[:, 2:3], floor), None, float(self.slots))
         on = torch.sigmoid(COUNT_SHARPNESS * (count - self.slot_index - 0.5))
-        amp = torch.exp(_between(s[..., 3], LOG_AMP)) * on
-        return centres, sigma, amp, _between(a[:, 1], self.gain_range)
+        amp = torch.exp(between(s[..., 3], LOG_AMP)) * on
+        return centres, sigma, amp, between(a[:, 1], self.gain_range)
 
     def _class_range(self, name: str, lo_hi: tuple[float, float], y) -> tuple:
         """lo_hi, its low end raised to each image's class's least value (B, 1) when the
@@ -324,10 +294,10 @@ class AtlasGenerator(nn.Module):
         """genlab.nn.gan_lesion_layout: a drawn, turned, jittered lattice at a learnt spacing
         (per class, at least min_spacing: B's separate discs, not a clump at the least spacing)."""
         col = self._spacing_col
-        spacing = _between(_FloorComeBack.apply(a[:, col:col + 1], -3.0),
+        spacing = between(FloorComeBack.apply(a[:, col:col + 1], -3.0),
                            self._class_range("min_spacing", layout_.SPACING, y))
         angle = 2 * math.pi * torch.special.ndtr(u_angle)
-        jitter = _between(a[:, 3:4], layout_.JITTER)
+        jitter = between(a[:, 3:4], layout_.JITTER)
         px = layout_.lattice_offsets(self.lattice, spacing, jitter, angle, u_slots)
         _, hh, ww = self.out_shape  # px -> normalised template coordinates
         centre = self.area_centre + self.area_axes * reach * uniform_in_disc(u_area)
@@ -337,7 +307,7 @@ class AtlasGenerator(nn.Module):
         """Around a drawn centre at a learnt spread, plus an offset learnt per slot."""
         # the spread's sigmoid stops at logit -3, rising gradients only: a class that packed
         # its discs early (measured: all three at the least spread by step 650) can unpack them
-        spread = _between(_FloorComeBack.apply(a[:, None, 0:1], -3.0), CLUSTER_SPREAD)
+        spread = between(FloorComeBack.apply(a[:, None, 0:1], -3.0), CLUSTER_SPREAD)
         q = (reach * uniform_in_disc(u_area)[:, None] + spread * u_slots
              + MAX_OFFSET * torch.tanh(s[..., :2]))
         return self.area_centre + self.area_axes * into_disc(q)
@@ -370,8 +340,8 @@ class AtlasGenerator(nn.Module):
         residual zero gives the atlas's rendering, clamped to [0, 1]."""
         anatomy_px = 0.0 if anatomy is None else warp_like_atlas(anatomy, pose, self.atlas.up,
                                                                  tuple(self.out_shape[1:]))
-        base = _st_clamp(self.atlas.render(pose) + anatomy_px + noise, 0.0, 1.0)
-        return _st_clamp(base + torch.exp(pose[:, 4]).view(-1, 1, 1, 1) * lesions, None, 1.0)
+        base = st_clamp(self.atlas.render(pose) + anatomy_px + noise, 0.0, 1.0)
+        return st_clamp(base + torch.exp(pose[:, 4]).view(-1, 1, 1, 1) * lesions, None, 1.0)
 
     def forward(self, latent: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         parts = self.split_latent(latent)
@@ -389,7 +359,7 @@ class AtlasGenerator(nn.Module):
             self.last_stats = {"g_lesion_discs": (amp > 1).float().sum(1).mean().detach(),
                                "g_lesion_gain": gain.mean().detach(),
                                "g_disc_sigma": sigma.mean().detach(),
-                               "g_area_reach": _between(self.area_reach.detach(), AREA_REACH)}
+                               "g_area_reach": between(self.area_reach.detach(), AREA_REACH)}
             noise = self.noise(parts["noise"], F.softplus(self.noise_amp(z)))
             anatomy = None if self.anatomy is None else self.anatomy(z)
             return self.compose(pose, lesions, noise, anatomy)
