@@ -214,6 +214,8 @@ def test_a_recipe_with_all_three_trains_exports_and_reloads(tmp_path):
      r"g_lesion_min_spacing: expected spacings in \[3, 12\) px.*'3': 2.0"),
     ({"g_lesion_layout": "lattice", "g_lesion_min_spacing": {"Q": 6.0}},
      r"model\.g_lesion_min_spacing: unknown class 'Q'"),
+    ({"g_lesion_layout": {"3": "lattice"}, "g_lesion_min_spacing": {"4": 6.0}},
+     r"model\.g_lesion_min_spacing: class '4' is drawn as slots.*expected classes on the lattice"),
     ({"ac_pool": "mean"}, r"model\.ac_pool.*'max', 'max\+mean'.*'mean'"),
     ({"ac_pool": "max+mean", "ac_weight": 0.0}, r"ac_pool: max\+mean needs ac_weight > 0"),
 ])

@@ -62,6 +62,12 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
     if cfg.g_lesion_min_spacing:
         args["min_spacing"] = per_class_counts(cfg.g_lesion_min_spacing, info.class_names,
                                                "model.g_lesion_min_spacing", 3.0)
+        names = [str(n) for n in info.class_names]
+        on_slots = [c for c in cfg.g_lesion_min_spacing
+                    if not isinstance(layout, str) and layout[names.index(c)] != "lattice"]
+        if on_slots:  # a spacing only shapes a lattice: on slots it would be ignored without a word
+            raise RecipeError("model.g_lesion_min_spacing", f"class {on_slots[0]!r} is drawn as slots "
+                              f"(g_lesion_layout: {cfg.g_lesion_layout}); expected classes on the lattice")
     gen = AtlasGenerator(**args)
     gen.atlas.load_state_dict(enc.atlas.state_dict())
     gen.fit_template_frame()
