@@ -67,3 +67,27 @@ def test_mixed_precision_trains_on_cpu(tmp_path, precision):
     assert math.isfinite(res["test"]["psnr"])
     scaler = t.scalers["main"]
     assert scaler.is_enabled() == (precision == "fp16")
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_it_natively(monkeypatch):
+    from genlab.engine import step
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(step, "native_bf16", lambda device: False)
+    used, note = step.resolve_precision("auto", cpu)
+    assert used == "fp32" and "auto: fp32" in note and "no native bf16" in note
+    used, note = step.resolve_precision("bf16", cpu)  # asked for: kept, with the reason it is slow
+    assert used == "bf16" and note.startswith("warning: train.precision bf16") and "auto or fp32" in note
+    monkeypatch.setattr(step, "native_bf16", lambda device: True)
+    assert step.resolve_precision("auto", cpu)[0] == "bf16"
+    assert step.resolve_precision("bf16", cpu) == ("bf16", None)
+    assert step.resolve_precision("fp32", cpu) == ("fp32", None)
+
+
+def test_auto_precision_trains_and_resolves_before_the_scalers(tmp_path, monkeypatch):
+    from genlab.engine import step
+
+    monkeypatch.setattr(step, "native_bf16", lambda device: False)
+    t = Trainer(from_mapping(tiny_recipe("dae", steps=2, precision="auto")), out_root=tmp_path, quiet=True)
+    assert t.precision == "fp32" and not t.scalers["main"].is_enabled()
+    t.run()

@@ -45,8 +45,9 @@ class TrainConfig:
     step_size: int = param(1000, ge=1, help="step schedule: multiply lr by gamma every step_size steps")
     gamma: float = param(0.1, gt=0, le=1, help="step schedule: decay factor")
     grad_clip: float | None = param(1.0, gt=0, help="clip the global gradient norm to this (null: off)")
-    precision: Literal["fp32", "bf16", "fp16"] = param(
-        "fp32", help="fp32; bf16 autocast; fp16 autocast with a grad scaler")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = param(
+        "fp32", help="fp32; bf16 autocast; fp16 autocast with a grad scaler; auto: bf16 where the "
+        "device computes it natively (a CUDA GPU with bf16, a CPU with AVX-512), else fp32")
     device: Literal[DEVICE_NAMES] = param("auto", help="auto: cuda, then mps, then cpu")
     compile: bool = param(False, help="torch.compile each submodule in place (falls back to eager "
                           "with a warning where it cannot compile)")

@@ -14,6 +14,36 @@ from genlab.engine.distributed import Dist, all_gather_cat
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 natively. On a CPU with AVX2 only, bf16 autocast is
+    emulated: measured on an AVX2 EPYC, a GAN discriminator step took 1.5 s in bf16 against
+    0.15 s in fp32, where CPUs with AVX-512 BF16 run it ~2x faster than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:  # oneDNN's own test (AVX-512 BW/VL/DQ or Arm bf16); a build without it: assume yes
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | None]:
+    """(the precision a run uses, a line to tell the user or None): auto becomes bf16 where the
+    device has it natively, else fp32; an explicit bf16 without it is kept, with a warning."""
+    native = precision in ("auto", "bf16") and native_bf16(device)
+    cpu = f"this CPU ({torch.backends.cpu.get_cpu_capability()})" if device.type == "cpu" else device.type
+    if precision == "auto":
+        used = "bf16" if native else "fp32"
+        why = "computes bf16 natively" if native else "has no native bf16"
+        return used, f"train.precision auto: {used} ({cpu} {why})"
+    if precision == "bf16" and not native:
+        return precision, (f"warning: train.precision bf16 on {cpu}, which has no native bf16: "
+                           "autocast is emulated and can be ~10x slower than fp32 (--set "
+                           "train.precision=auto or fp32)")
+    return precision, None
+
+
 class StepContext:
     """What a family's training_step sees: autocast, and update(name, loss) for each optimizer.
 

@@ -25,7 +25,7 @@ from genlab.engine import evaluation, renders, resume, state
 from genlab.engine.checkpoints import seed_everything
 from genlab.engine.distributed import Dist
 from genlab.engine.online_probe import OnlineProbe
-from genlab.engine.step import StepContext, compile_model
+from genlab.engine.step import StepContext, compile_model, resolve_precision
 from genlab.engine.tracking import Console, LogWindow, Tracker, new_run_dir, write_outputs
 from genlab.families.export import save_encoder
 from genlab.nn.optim import build_scheduler, fit_warmup
@@ -61,6 +61,9 @@ class Trainer:
         if tc.precision == "fp16" and self.device.type == "cpu":
             self.console.say("warning: fp16 on CPU is slow and rarely useful; bf16 is the CPU "
                              "choice")
+        self.precision, note = resolve_precision(tc.precision, self.device)
+        if note:
+            self.console.say(note)
 
         # Build everything that can fail on user input before a run directory exists.
         self.data = get_dataset(recipe.data_name)(recipe.data, recipe.seed, self.device)
@@ -75,7 +78,7 @@ class Trainer:
         self.optimizers = self.model.configure_optimizers(
             dataclasses.replace(tc, batch_size=self.rank_batch))
         self.schedulers = {k: build_scheduler(o, tc) for k, o in self.optimizers.items()}
-        self.scalers = {k: torch.amp.GradScaler(self.device.type, enabled=tc.precision == "fp16")
+        self.scalers = {k: torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
                         for k in self.optimizers}
         n_train = self.data.size("train")
         if n_train < tc.batch_size:
@@ -87,7 +90,7 @@ class Trainer:
         if tc.compile:
             compile_model(self.model, self.device, self.console.say)
         self.ctx = StepContext(optimizers=self.optimizers, scalers=self.scalers, dist=self.dist,
-                               device=self.device, precision=tc.precision, grad_clip=tc.grad_clip)
+                               device=self.device, precision=self.precision, grad_clip=tc.grad_clip)
         self.step = 0
         self.history: dict[str, list[list[float]]] = {}
         self.best: float | None = None

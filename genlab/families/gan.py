@@ -60,6 +60,7 @@ from genlab.nn.gan_losses import (
     ema_beta,
     g_class_loss,
     g_loss_fn,
+    g_losses,
     gradient_penalty,
     mode_seeking_ratio,
     r1_penalty,
@@ -189,11 +190,17 @@ class GAN(Family):
                 y = same_class_pairs(y)
             z = self._noise(n, ctx.device)
             ac = self.cfg.ac_weight > 0
+            gated = getattr(self.G, "gated", False)
             with ctx.autocast():
-                fake = self.G(z, y)
+                if gated:
+                    fake, share_term = self._gated_fakes(z, y)
+                else:
+                    fake = self.G(z, y)
                 d_fake, cls_fake = self._d(fake, y, ac)
             loss = g_loss_fn(self.cfg.loss, d_fake)
             out = {"g_loss": loss.detach()}
+            if gated:
+                loss = loss + share_term(d_fake)
             if ac:  # AC-GAN: G draws what D's class head reads as the conditioning class
                 floored = self.cfg.g_ac_floor == "real" and ctx.step >= self.cfg.g_ac_floor_from
                 floor = self._ac_real_ce if floored else None
@@ -210,6 +217,25 @@ class GAN(Family):
             self.D.requires_grad_(True)
         self.update_ema(ctx.step)
         return out
+
+    def _gated_fakes(self, z: torch.Tensor, y: torch.Tensor | None):
+        """A gated atlas G's fakes (each with or without its lesions, as its gate drew) and the
+        term that trains the share: given D and the rest of each draw, G's expected loss is
+        share * l(with) + (1 - share) * l(without), so its derivative in the share is exactly
+        mean(l(with) - l(without)), one extra D forward on the undrawn twins, no gradient through
+        them. A score-function estimate would compare different brains; this pairs each with itself."""
+        with_l, without_l, on, share = self.G(z, y, pair=True)
+        m = on.view(-1, 1, 1, 1)
+        fake = torch.where(m, with_l, without_l)
+        with torch.no_grad():
+            d_other, _ = self._d(torch.where(m, without_l, with_l), y, False)
+
+        def share_term(d_fake: torch.Tensor) -> torch.Tensor:
+            l_drawn = g_losses(self.cfg.loss, d_fake.detach())
+            l_other = g_losses(self.cfg.loss, d_other)
+            diff = torch.where(on, l_drawn - l_other, l_other - l_drawn)  # l(with) - l(without)
+            return share * diff.mean()
+        return fake, share_term
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:

@@ -118,6 +118,11 @@ class GANConfig:
                                                    "a lattice layout: class name -> the least spacing "
                                                    "(px) of its lattice, e.g. {B: 6} (classes not named: "
                                                    "3, the least G may draw)")
+    g_lesion_share: float | None = param(None, gt=0, lt=1, help="g_atlas, unconditional: each "
+                                         "sample carries its lesions with a learnt probability "
+                                         "(the share), starting at this value; trained on the "
+                                         "exact difference D makes between each sample with and "
+                                         "without its lesions (null: every sample draws them)")
     ac_pool: Literal["max", "max+mean"] = param("max", help="how D's class head (ac_weight) pools "
                                                 "each conv map over positions: max (is there a "
                                                 "blob), or max+mean (and how many)")
@@ -153,6 +158,9 @@ class GANConfig:
         if (self.g_anatomy_residual or self.g_lesion_min_count) and self.g_atlas is None:
             raise ValueError(f"g_anatomy_residual: {self.g_anatomy_residual} and g_lesion_min_count: "
                              f"{self.g_lesion_min_count} need g_atlas (they shape the atlas G)")
+        if self.g_lesion_share is not None and (self.conditional or self.g_atlas is None):
+            raise ValueError(f"g_lesion_share: {self.g_lesion_share} needs g_atlas and conditional: false "
+                             "(a conditional G's class says whether it draws a tumour)")
         if self.g_lesion_min_count and not self.conditional:
             raise ValueError(f"g_lesion_min_count: {self.g_lesion_min_count} needs conditional: true")
         if self.g_lesion_min_sigma and not (self.conditional and self.g_atlas is not None):

@@ -44,6 +44,12 @@ discs in a line). Or one layout per class (a list): the lattice drew B's separat
 9-11 of C's dots, slots C's 43-48 spots but B as a bar; the head `area` then has five outputs
 (spread, gain, count, jitter, spacing) and each image's class picks which centres it gets.
 `lesion_gain` sets the range of the lesion gain (hard mode's tumours are fainter than LESION_GAIN).
+`lesion_share` (unconditional G) draws, per image, whether it carries its lesions at all: a gate
+on with a learnt probability, the share, from one more latent number. Without it an unconditional
+G drew 2-3 discs in every sample (the count is a smooth function of z, one number for nearly
+every z), where the data leave one slice in four without a tumour. `forward(..., pair=True)`
+renders each latent both ways, so the GAN family can give the share the exact derivative of G's
+expected loss: the difference D makes between the sample with and without its lesions.
 `anatomy_maps` adds a learnt residual to the template, the same for every class (genlab.nn.gan_anatomy:
 the atlas's misfit, which real healthy slices carry); `min_count` and `min_sigma` a least disc
 count, a least disc sigma and a least lattice spacing per class.
@@ -86,6 +92,10 @@ COUNT_SHARPNESS = 8.0  # disc k's share: sigmoid(8 (count - k - 1/2))
 # the count only moved through the one disc at its boundary, a unit scale took it from 4 to 5 in
 # 650 steps (measured)
 COUNT_SCALE = 4.0
+# share = sigmoid(SHARE_SCALE * a parameter): Adam moves a parameter ~lr per step whatever its
+# gradient's size, and the share must be able to cross from 0.5 to the data's 0.75-0.8 (a logit
+# of 1.1-1.4) within a few hundred steps at lr 5e-4
+SHARE_SCALE = 10.0
 ATLAS_GENERATOR_BUILDER = "gan_atlas_generator"  # its exported bundles' "builder"
 LAYOUTS = ("slots", "lattice")
 
@@ -108,7 +118,7 @@ class AtlasGenerator(nn.Module):
                  max_log_scale: float = 0.3, max_shift: float = 0.3, layout: str = "slots",
                  lesion_gain: tuple[float, float] | None = None, anatomy_maps: int = 0,
                  min_count: list[float] | None = None, min_sigma: list[float] | None = None,
-                 min_spacing: list[float] | None = None):
+                 min_spacing: list[float] | None = None, lesion_share: float | None = None):
         super().__init__()
         c, h, w = (int(v) for v in out_shape)
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
@@ -131,7 +141,11 @@ class AtlasGenerator(nn.Module):
         # z_dim: the whole noise vector a caller draws (as for the conv Generator); the first
         # code_dim numbers feed the networks, the rest place and shape the discs directly (the
         # lattice layout: one more, the angle of the lattice)
-        self.z_dim = self.code_dim + 6 + 2 + 2 * self.slots + self.uses_lattice + 1
+        if lesion_share is not None and not (0 < lesion_share < 1 and not num_classes):
+            raise ValueError(f"lesion_share: expected a share in (0, 1) for an unconditional G, got "
+                             f"{lesion_share} (classes: {num_classes})")
+        self.gated = lesion_share is not None
+        self.z_dim = self.code_dim + 6 + 2 + 2 * self.slots + self.gated + self.uses_lattice + 1
         self.atlas = Atlas([c, h, w], widths, up, max_log_scale, max_shift).requires_grad_(False)
         self.register_buffer("pose_mean", torch.zeros(6))
         self.register_buffer("pose_sd", torch.zeros(6))  # 0 until fit_pose: the template's own pose
@@ -172,6 +186,13 @@ class AtlasGenerator(nn.Module):
         self.min_spacing = self._per_class("min_spacing", min_spacing, num_classes, *layout_.SPACING, False)
         self.anatomy = (AnatomyResidual(anatomy_maps, list(self.atlas.template.shape[1:]), code_dim)
                         if anatomy_maps else None)
+        if self.gated:
+            self.share_param = nn.Parameter(torch.tensor(math.log(lesion_share / (1 - lesion_share))
+                                                         / SHARE_SCALE))
+
+    def lesion_share(self) -> torch.Tensor | None:
+        """The probability that a drawn image carries its lesions (None: every image does)."""
+        return torch.sigmoid(SHARE_SCALE * self.share_param) if self.gated else None
 
     def _per_class(self, name: str, values, num_classes: int, lo: float, hi: float,
                    hi_in: bool) -> list[float] | None:
@@ -240,6 +261,8 @@ class AtlasGenerator(nn.Module):
         z, k = self.code_dim, self.slots
         parts = {"z": latent[:, :z], "pose": latent[:, z:z + 6], "area": latent[:, z + 6:z + 8],
                  "slots": latent[:, z + 8:z + 8 + 2 * k].view(-1, k, 2), "noise": latent[:, -1]}
+        if self.gated:
+            parts["gate"] = latent[:, z + 8 + 2 * k]
         if self.uses_lattice:
             parts["angle"] = latent[:, -2]
         return parts
@@ -338,12 +361,23 @@ class AtlasGenerator(nn.Module):
         units (before the gain), noise (B, C or 1, H, W) and optionally an anatomy residual in
         template coordinates (B, C, H up, W up; `AnatomyResidual`): all lesion, noise and
         residual zero gives the atlas's rendering, clamped to [0, 1]."""
+        return self.add_lesions(self.healthy(pose, noise, anatomy), pose, lesions)
+
+    def healthy(self, pose: torch.Tensor, noise: torch.Tensor, anatomy: torch.Tensor | None) -> torch.Tensor:
+        """compose's image before its lesions: the atlas at the pose, the residual and noise."""
         anatomy_px = 0.0 if anatomy is None else warp_like_atlas(anatomy, pose, self.atlas.up,
                                                                  tuple(self.out_shape[1:]))
-        base = st_clamp(self.atlas.render(pose) + anatomy_px + noise, 0.0, 1.0)
+        return st_clamp(self.atlas.render(pose) + anatomy_px + noise, 0.0, 1.0)
+
+    @staticmethod
+    def add_lesions(base: torch.Tensor, pose: torch.Tensor, lesions: torch.Tensor) -> torch.Tensor:
         return st_clamp(base + torch.exp(pose[:, 4]).view(-1, 1, 1, 1) * lesions, None, 1.0)
 
-    def forward(self, latent: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, y: torch.Tensor | None = None, pair: bool = False):
+        """(B, C, H, W) images; with pair=True (a gated G: lesion_share) the tuple (with its
+        lesions, without them, on (B,) bool: which of the two each latent draws, the share)."""
+        if pair and not self.gated:
+            raise ValueError("forward(pair=True) needs a gated G (lesion_share)")
         parts = self.split_latent(latent)
         z = parts["z"]
         zc = torch.cat([z, self.embed(y)], 1) if self.embed is not None else z
@@ -362,7 +396,16 @@ class AtlasGenerator(nn.Module):
                                "g_area_reach": between(self.area_reach.detach(), AREA_REACH)}
             noise = self.noise(parts["noise"], F.softplus(self.noise_amp(z)))
             anatomy = None if self.anatomy is None else self.anatomy(z)
-            return self.compose(pose, lesions, noise, anatomy)
+            if not self.gated:
+                return self.compose(pose, lesions, noise, anatomy)
+            share = self.lesion_share()
+            on = torch.special.ndtr(parts["gate"].float()) < share.detach()
+            self.last_stats["g_lesion_share"] = share.detach()
+            base = self.healthy(pose, noise, anatomy)
+            with_lesions = self.add_lesions(base, pose, lesions)
+            if pair:
+                return with_lesions, base, on, share
+            return torch.where(on.view(-1, 1, 1, 1), with_lesions, base)
 
 
 __all__ = ["ATLAS_GENERATOR_BUILDER", "LAYOUTS", "AtlasGenerator", "into_disc", "uniform_in_disc"]

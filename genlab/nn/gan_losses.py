@@ -51,7 +51,12 @@ def d_loss_fn(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Te
 
 
 def g_loss_fn(kind: str, d_fake: torch.Tensor) -> torch.Tensor:
-    return F.softplus(-d_fake).mean() if kind == "ns" else -d_fake.mean()
+    return g_losses(kind, d_fake).mean()
+
+
+def g_losses(kind: str, d_fake: torch.Tensor) -> torch.Tensor:
+    """G's adversarial loss per sample (B,): g_loss_fn before its mean."""
+    return F.softplus(-d_fake) if kind == "ns" else -d_fake
 
 
 def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor, pool: int = 4) -> torch.Tensor:

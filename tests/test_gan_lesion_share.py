@@ -1,0 +1,118 @@
+"""The unconditional atlas G's lesion gate (model.g_lesion_share): each sample carries its lesions
+with a learnt probability. Checked on small cases with known answers: the share of latents that
+draw lesions is the share; the paired rendering is the plain one split in two; the family's
+share term has exactly the derivative of G's expected loss over the gate, and moves the share
+toward what D prefers; a recipe trains, logs the share, exports and reloads; bad values are
+recipe errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_recipe
+from test_gan_atlas import _atlas_export, _head
+
+from genlab.core.errors import RecipeError
+from genlab.core.recipe import from_mapping
+from genlab.engine.trainer import Trainer
+from genlab.nn.gan_atlas import SHARE_SCALE, AtlasGenerator
+from genlab.nn.gan_blocks import load_generator
+from genlab.nn.gan_losses import g_losses
+
+
+def _gated(share=0.3):
+    torch.manual_seed(0)
+    g = AtlasGenerator([1, 16, 12], [4], 2, code_dim=8, slots=3, lesion_share=share)
+    with torch.no_grad():
+        g.atlas.template.copy_(_head(16, 12, 2))
+    g.fit_template_frame()
+    return g
+
+
+def test_the_share_of_samples_with_lesions_is_the_share():
+    g = _gated(0.3)
+    assert g.z_dim == 8 + 6 + 2 + 2 * 3 + 1 + 1  # one more latent number: the gate
+    torch.testing.assert_close(g.lesion_share(), torch.tensor(0.3))
+    z = torch.randn(4000, g.z_dim)
+    with torch.no_grad():
+        with_l, without_l, on, share = g(z, pair=True)
+        x = g(z)
+    torch.testing.assert_close(share, torch.tensor(0.3))
+    assert abs(on.float().mean().item() - 0.3) < 0.03
+    # the plain forward is the pair, split by the gate; the two differ by the lesions alone
+    torch.testing.assert_close(x, torch.where(on.view(-1, 1, 1, 1), with_l, without_l))
+    assert (with_l - without_l).flatten(1).amax(1).min() > 0.05  # 4 visible discs at step 0
+    assert (with_l >= without_l - 1e-6).all()
+    torch.testing.assert_close(without_l, g.healthy(g.draw_pose(z[:, :8], z[:, 8:14]),
+                                                    g.noise(z[:, -1], torch.nn.functional.softplus(
+                                                        g.noise_amp(z[:, :8]))), None))
+
+
+def test_an_ungated_or_conditional_g_refuses_the_gate():
+    with pytest.raises(ValueError, match=r"forward\(pair=True\) needs a gated G"):
+        AtlasGenerator([1, 16, 12], [4], 2, code_dim=8, slots=3)(torch.randn(2, 25), pair=True)
+    with pytest.raises(ValueError, match=r"lesion_share: expected a share in \(0, 1\).*classes: 4"):
+        AtlasGenerator([1, 16, 12], [4], 2, code_dim=8, slots=3, num_classes=4, lesion_share=0.5)
+
+
+def _trainer(tmp_path, steps=2, **model):
+    r = tiny_recipe("gan", steps=steps)
+    r["model"] = {**r["model"], "g_atlas": str(_atlas_export(tmp_path)), "g_lesion_slots": 4,
+                  "g_lesion_share": 0.5, **model}
+    return Trainer(from_mapping(r), out_root=tmp_path / "runs", quiet=True)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_the_share_term_is_the_exact_derivative_and_follows_d(tmp_path, sign):
+    """A stand-in D that scores brighter images higher (sign 1: it prefers lesions) or lower:
+    the share's gradient is mean(l(with) - l(without)) times dshare/dparam, and its sign
+    moves the share toward what D prefers."""
+    t = _trainer(tmp_path)
+    model, g = t.model, t.model.G
+    g.fit_pose(torch.rand(8, 1, 8, 8))
+    model._d = lambda x, y, with_class: (sign * 50 * x.flatten(1).mean(1), None)
+    z = torch.randn(64, g.z_dim)
+    fake, share_term = model._gated_fakes(z, None)
+    d_fake, _ = model._d(fake, None, False)
+    g.share_param.grad = None
+    share_term(d_fake).backward()
+    with torch.no_grad():
+        with_l, without_l, _, share = g(z, pair=True)
+        diff = (g_losses("hinge", model._d(with_l, None, False)[0])
+                - g_losses("hinge", model._d(without_l, None, False)[0])).mean()
+    want = diff * share * (1 - share) * SHARE_SCALE
+    torch.testing.assert_close(g.share_param.grad, want)
+    assert sign * float(g.share_param.grad) < 0  # gradient descent raises the share iff D likes lesions
+
+
+def test_a_recipe_with_the_gate_trains_logs_the_share_exports_and_reloads(tmp_path):
+    t = _trainer(tmp_path, steps=3)
+    before = float(t.model.G.share_param)
+    t.run()
+    assert float(t.model.G.share_param) != before  # the share is learnt
+    shares = [v for _, v in t.history["train/g_lesion_share"]]
+    assert shares and all(0 < v < 1 for v in shares)
+    gen = load_generator(t.model.export_generator(tmp_path / "gen"))
+    assert gen.gated
+    z = torch.randn(16, gen.z_dim)
+    torch.testing.assert_close(gen(z), t.model.G_ema.eval()(z))
+    x = t.model.sample(6)
+    assert x.shape == (6, 1, 8, 8)
+
+
+@pytest.mark.parametrize("model,pattern", [
+    ({"g_lesion_share": 1.5}, r"model\.g_lesion_share"),
+    ({"g_lesion_share": 0.5, "conditional": True},
+     r"g_lesion_share: 0.5 needs g_atlas and conditional: false"),
+])
+def test_bad_values_name_key_value_and_expected(tmp_path, model, pattern):
+    r = tiny_recipe("gan", steps=2)
+    r["model"] = {**r["model"], "g_atlas": str(_atlas_export(tmp_path)), "g_lesion_slots": 4, **model}
+    with pytest.raises(RecipeError, match=pattern):
+        Trainer(from_mapping(r), out_root=tmp_path / "runs", quiet=True)
+
+
+def test_the_gate_needs_the_atlas_generator():
+    r = tiny_recipe("gan", steps=2)
+    r["model"] = {**r["model"], "g_lesion_share": 0.5}
+    with pytest.raises(RecipeError, match="g_lesion_share: 0.5 needs g_atlas"):
+        from_mapping(r)
