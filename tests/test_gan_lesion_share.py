@@ -3,7 +3,8 @@ with a learnt probability. Checked on small cases with known answers: the share 
 draw lesions is the share; the paired rendering is the plain one split in two; the family's
 share term has exactly the derivative of G's expected loss over the gate, and moves the share
 toward what D prefers; a recipe trains, logs the share, exports and reloads; bad values are
-recipe errors."""
+recipe errors. And the drawn lesion gain (model.g_lesion_gain_draw): uniform in its range, one
+latent number per image, which brightens the lesions."""
 from __future__ import annotations
 
 import pytest
@@ -115,4 +116,42 @@ def test_the_gate_needs_the_atlas_generator():
     r = tiny_recipe("gan", steps=2)
     r["model"] = {**r["model"], "g_lesion_share": 0.5}
     with pytest.raises(RecipeError, match="g_lesion_share: 0.5 needs g_atlas"):
+        from_mapping(r)
+
+
+def test_a_gated_image_with_lesions_draws_at_least_one_disc():
+    g = _gated(0.5)
+    with torch.no_grad():
+        g.area.bias[2] = -1e4  # the count G asks for: far below zero
+        with_l, without_l, _, _ = g(torch.randn(32, g.z_dim), pair=True)
+    assert (with_l - without_l).flatten(1).amax(1).min() > 0.05  # the gate, not the count, says whether
+
+
+def test_a_drawn_gain_is_uniform_in_its_range_and_read_from_its_own_latent_number():
+    torch.manual_seed(0)
+    g = AtlasGenerator([1, 16, 12], [4], 2, code_dim=8, slots=3, lesion_gain=(0.2, 0.4), gain_draw=True)
+    with torch.no_grad():
+        g.atlas.template.copy_(_head(16, 12, 2))
+        g.noise_amp.bias.fill_(-30.0)
+    g.fit_template_frame()
+    assert g.z_dim == 8 + 6 + 2 + 2 * 3 + 1 + 1
+    with torch.no_grad():
+        g(torch.randn(4000, g.z_dim))
+        assert abs(float(g.last_stats["g_lesion_gain"]) - 0.3) < 0.005
+        z = torch.randn(8, g.z_dim).repeat(2, 1)
+        z[:8, 8 + 8 + 6], z[8:, 8 + 8 + 6] = -3.0, 3.0  # the gain's number: after z, pose, area, slots
+        lo, hi = g(z).split(8)
+    assert (hi >= lo - 1e-6).all() and (hi - lo).flatten(1).amax(1).min() > 0.05  # brighter lesions
+
+
+def test_a_recipe_with_a_drawn_gain_trains_and_reloads_and_needs_its_range(tmp_path):
+    t = _trainer(tmp_path, g_lesion_gain=[0.2, 0.4], g_lesion_gain_draw=True)
+    t.run()
+    gen = load_generator(t.model.export_generator(tmp_path / "gen"))
+    assert gen.gain_draw and gen.gated
+    z = torch.randn(8, gen.z_dim)
+    torch.testing.assert_close(gen(z), t.model.G_ema.eval()(z))
+    r = tiny_recipe("gan", steps=2)
+    r["model"] = {**r["model"], "g_atlas": str(tmp_path / "atlas"), "g_lesion_gain_draw": True}
+    with pytest.raises(RecipeError, match=r"g_lesion_gain_draw: true needs g_atlas and g_lesion_gain"):
         from_mapping(r)

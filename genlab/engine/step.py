@@ -36,7 +36,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | 
     if precision == "auto":
         used = "bf16" if native else "fp32"
         why = "computes bf16 natively" if native else "has no native bf16"
-        return used, f"train.precision auto: {used} ({cpu} {why})"
+        return used, f"train.precision auto: {used}, as {cpu} {why}"
     if precision == "bf16" and not native:
         return precision, (f"warning: train.precision bf16 on {cpu}, which has no native bf16: "
                            "autocast is emulated and can be ~10x slower than fp32 (--set "

@@ -118,6 +118,9 @@ class GANConfig:
                                                    "a lattice layout: class name -> the least spacing "
                                                    "(px) of its lattice, e.g. {B: 6} (classes not named: "
                                                    "3, the least G may draw)")
+    g_lesion_gain_draw: bool = param(False, help="g_atlas: each image's lesion gain drawn uniformly "
+                                     "in g_lesion_gain, as the factory draws its tumours', not "
+                                     "learnt (needs g_lesion_gain)")
     g_lesion_share: float | None = param(None, gt=0, lt=1, help="g_atlas, unconditional: each "
                                          "sample carries its lesions with a learnt probability "
                                          "(the share), starting at this value; trained on the "
@@ -158,6 +161,9 @@ class GANConfig:
         if (self.g_anatomy_residual or self.g_lesion_min_count) and self.g_atlas is None:
             raise ValueError(f"g_anatomy_residual: {self.g_anatomy_residual} and g_lesion_min_count: "
                              f"{self.g_lesion_min_count} need g_atlas (they shape the atlas G)")
+        if self.g_lesion_gain_draw and (self.g_atlas is None or self.g_lesion_gain is None):
+            raise ValueError(f"g_lesion_gain_draw: true needs g_atlas and g_lesion_gain (the range it "
+                             f"draws in; got g_atlas: {self.g_atlas}, g_lesion_gain: {self.g_lesion_gain})")
         if self.g_lesion_share is not None and (self.conditional or self.g_atlas is None):
             raise ValueError(f"g_lesion_share: {self.g_lesion_share} needs g_atlas and conditional: false "
                              "(a conditional G's class says whether it draws a tumour)")

@@ -44,6 +44,9 @@ discs in a line). Or one layout per class (a list): the lattice drew B's separat
 9-11 of C's dots, slots C's 43-48 spots but B as a bar; the head `area` then has five outputs
 (spread, gain, count, jitter, spacing) and each image's class picks which centres it gets.
 `lesion_gain` sets the range of the lesion gain (hard mode's tumours are fainter than LESION_GAIN).
+`gain_draw` draws each image's lesion gain uniformly in that range instead of learning it, as the
+factory draws its tumours' (learnt, an easy-mode G put its gains at the range's top, "more A than
+A", where the judge's Frechet distance is driven by the brightness).
 `lesion_share` (unconditional G) draws, per image, whether it carries its lesions at all: a gate
 on with a learnt probability, the share, from one more latent number. Without it an unconditional
 G drew 2-3 discs in every sample (the count is a smooth function of z, one number for nearly
@@ -118,7 +121,8 @@ class AtlasGenerator(nn.Module):
                  max_log_scale: float = 0.3, max_shift: float = 0.3, layout: str = "slots",
                  lesion_gain: tuple[float, float] | None = None, anatomy_maps: int = 0,
                  min_count: list[float] | None = None, min_sigma: list[float] | None = None,
-                 min_spacing: list[float] | None = None, lesion_share: float | None = None):
+                 min_spacing: list[float] | None = None, lesion_share: float | None = None,
+                 gain_draw: bool = False):
         super().__init__()
         c, h, w = (int(v) for v in out_shape)
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
@@ -144,8 +148,9 @@ class AtlasGenerator(nn.Module):
         if lesion_share is not None and not (0 < lesion_share < 1 and not num_classes):
             raise ValueError(f"lesion_share: expected a share in (0, 1) for an unconditional G, got "
                              f"{lesion_share} (classes: {num_classes})")
-        self.gated = lesion_share is not None
-        self.z_dim = self.code_dim + 6 + 2 + 2 * self.slots + self.gated + self.uses_lattice + 1
+        self.gated, self.gain_draw = lesion_share is not None, bool(gain_draw)
+        self.z_dim = (self.code_dim + 6 + 2 + 2 * self.slots + self.gated + self.gain_draw
+                      + self.uses_lattice + 1)
         self.atlas = Atlas([c, h, w], widths, up, max_log_scale, max_shift).requires_grad_(False)
         self.register_buffer("pose_mean", torch.zeros(6))
         self.register_buffer("pose_sd", torch.zeros(6))  # 0 until fit_pose: the template's own pose
@@ -263,6 +268,8 @@ class AtlasGenerator(nn.Module):
                  "slots": latent[:, z + 8:z + 8 + 2 * k].view(-1, k, 2), "noise": latent[:, -1]}
         if self.gated:
             parts["gate"] = latent[:, z + 8 + 2 * k]
+        if self.gain_draw:
+            parts["gain"] = latent[:, z + 8 + 2 * k + self.gated]
         if self.uses_lattice:
             parts["angle"] = latent[:, -2]
         return parts
@@ -300,7 +307,12 @@ class AtlasGenerator(nn.Module):
         # D rejects early (before its class head has learnt them) can draw them again later
         # (measured: without it B and C fell to counts of -5 by step 400)
         # With min_count, the floor is the class's least count (B: 4 discs, not the 2 G settles on)
-        floor = -0.5 if self.min_count is None else self.class_min_count[y][:, None].clamp_min(-0.5)
+        # A gated G (lesion_share): the gate says whether an image has lesions, the count how
+        # many, at least one (measured: ungated by a floor, the count fell to 0.01 discs by step
+        # 150, the gate then switched nothing and the share had no signal)
+        floor = (-0.5 if self.min_count is None else self.class_min_count[y][:, None].clamp_min(-0.5))
+        if self.gated:
+            floor = 1.0
         count = st_clamp(FloorComeBack.apply(COUNT_SCALE * a[:, 2:3], floor), None, float(self.slots))
         on = torch.sigmoid(COUNT_SHARPNESS * (count - self.slot_index - 0.5))
         amp = torch.exp(between(s[..., 3], LOG_AMP)) * on
@@ -388,6 +400,9 @@ class AtlasGenerator(nn.Module):
             angle = parts["angle"].float() if "angle" in parts else None
             centres, sigma, amp, gain = self.draw_discs(h, parts["area"].float(),
                                                         parts["slots"].float(), angle, y)
+            if self.gain_draw:
+                lo, hi = self.gain_range
+                gain = lo + (hi - lo) * torch.special.ndtr(parts["gain"].float())
             s = self.lesion_sum(pose, centres, sigma, amp)
             lesions = (gain.view(-1, 1, 1) * -torch.expm1(-s))[:, None]
             self.last_stats = {"g_lesion_discs": (amp > 1).float().sum(1).mean().detach(),
