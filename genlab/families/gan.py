@@ -107,6 +107,7 @@ class GAN(Family):
         # The EMA generator lives in the state_dict (checkpoints hold it); never optimised.
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         self._ac_real_ce: torch.Tensor | None = None  # D's class-head CE on the last real batch
+        self._real_pooled: torch.Tensor | None = None  # g_lesion_share_by features: the real side
         # The judge is a fixed function, kept out of the state_dict (a plain dict attribute).
         self.judge_name, judge = build_fid_judge(cfg.fid_extractor, info)
         self._judge = {"net": judge}
@@ -179,8 +180,15 @@ class GAN(Family):
             gp = gradient_penalty(lambda x: self.D(self._view(x), y).float(), real, fake.float(), eps)
             loss = loss + self.cfg.gp_weight * gp
             out["gp"] = gp.detach()
+        if self.cfg.g_lesion_share_by == "features":  # the real side of the share's moment match
+            with torch.no_grad():
+                self._real_pooled = self._pooled(real.detach()).mean(0)
         ctx.update("d", loss)
         return out
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """D's max-pooled conv maps of x as D sees it (no augmentation): blob detectors' peaks."""
+        return self.D.trunk.forward_pooled(self._view(x))[1].float()
 
     def g_step(self, n: int, y: torch.Tensor | None, ctx: StepContext) -> dict:
         """One generator update through a frozen D, then the EMA update of G_ema."""
@@ -227,6 +235,13 @@ class GAN(Family):
         with_l, without_l, on, share = self.G(z, y, pair=True)
         m = on.view(-1, 1, 1, 1)
         fake = torch.where(m, with_l, without_l)
+        if self.cfg.g_lesion_share_by == "features":
+            # moment match: the expected batch mean of D's pooled maps, share * with + (1 -
+            # share) * without per latent, against the last real batch's; exact in the share
+            with torch.no_grad():
+                p_with, p_without = self._pooled(with_l).mean(0), self._pooled(without_l).mean(0)
+            gap = share * p_with + (1 - share) * p_without - self._real_pooled
+            return fake, lambda d_fake: gap.pow(2).mean()
         with torch.no_grad():
             d_other, _ = self._d(torch.where(m, without_l, with_l), y, False)
 

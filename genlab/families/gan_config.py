@@ -126,6 +126,11 @@ class GANConfig:
                                          "(the share), starting at this value; trained on the "
                                          "exact difference D makes between each sample with and "
                                          "without its lesions (null: every sample draws them)")
+    g_lesion_share_by: Literal["adversarial", "features"] = param(
+        "adversarial", help="g_lesion_share: what trains the share: adversarial (D's score on each "
+        "sample with and without its lesions) or features (the batch mean of D's max-pooled conv "
+        "maps, matched between real and generated slices: a moment match that needs no trained "
+        "real/fake score)")
     ac_pool: Literal["max", "max+mean"] = param("max", help="how D's class head (ac_weight) pools "
                                                 "each conv map over positions: max (is there a "
                                                 "blob), or max+mean (and how many)")
@@ -164,6 +169,8 @@ class GANConfig:
         if self.g_lesion_gain_draw and (self.g_atlas is None or self.g_lesion_gain is None):
             raise ValueError(f"g_lesion_gain_draw: true needs g_atlas and g_lesion_gain (the range it "
                              f"draws in; got g_atlas: {self.g_atlas}, g_lesion_gain: {self.g_lesion_gain})")
+        if self.g_lesion_share_by != "adversarial" and self.g_lesion_share is None:
+            raise ValueError(f"g_lesion_share_by: {self.g_lesion_share_by} needs g_lesion_share")
         if self.g_lesion_share is not None and (self.conditional or self.g_atlas is None):
             raise ValueError(f"g_lesion_share: {self.g_lesion_share} needs g_atlas and conditional: false "
                              "(a conditional G's class says whether it draws a tumour)")
