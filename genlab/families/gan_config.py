@@ -123,9 +123,8 @@ class GANConfig:
                                      "learnt (needs g_lesion_gain)")
     g_lesion_share: float | None = param(None, gt=0, lt=1, help="g_atlas, unconditional: each "
                                          "sample carries its lesions with a learnt probability "
-                                         "(the share), starting at this value; trained on the "
-                                         "exact difference D makes between each sample with and "
-                                         "without its lesions (null: every sample draws them)")
+                                         "(the share), starting at this value, trained as "
+                                         "g_lesion_share_by says (null: every sample draws them)")
     g_lesion_share_by: Literal["adversarial", "features"] = param(
         "adversarial", help="g_lesion_share: what trains the share: adversarial (D's score on each "
         "sample with and without its lesions) or features (the batch mean of D's max-pooled conv "
