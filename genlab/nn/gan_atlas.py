@@ -111,10 +111,11 @@ def into_disc(q: torch.Tensor) -> torch.Tensor:
 class AtlasGenerator(nn.Module):
     """latent (B, z_dim) [, labels (B,)] -> (B, C, H, W) in [0, 1]; see the module docstring.
 
-    latent = [z (code_dim) | u_pose (6) | u_area (2) | u_slots (2 slots) | u_noise (1)], all
-    standard normal (the GAN family draws them). The atlas (template and pose net) is a frozen
-    submodule: checkpoints and the exported generator hold it, so nothing outside is needed to
-    sample."""
+    latent = [z (code_dim) | u_pose (6) | u_area (2) | u_slots (2 slots) | u_gate (1, lesion_share)
+    | u_gain (1, gain_draw) | u_angle (1, lattice) | u_noise (1)], the bracketed ones only with
+    their option, all standard normal (the GAN family draws them). The atlas (template and pose
+    net) is a frozen submodule: checkpoints and the exported generator hold it, so nothing outside
+    is needed to sample."""
 
     def __init__(self, out_shape: list[int], widths: list[int], up: int, code_dim: int,
                  num_classes: int = 0, slots: int = 48, hidden: int = 128,
