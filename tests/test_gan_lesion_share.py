@@ -3,9 +3,13 @@ with a learnt probability. Checked on small cases with known answers: the share 
 draw lesions is the share; the paired rendering is the plain one split in two; the family's
 share term has exactly the derivative of G's expected loss over the gate, and moves the share
 toward what D prefers; a recipe trains, logs the share, exports and reloads; bad values are
-recipe errors. And the drawn lesion gain (model.g_lesion_gain_draw): uniform in its range, one
+recipe errors. The counted share (g_lesion_share_by: count): the census's arithmetic, and a D
+head trained on G's own pairs that finds the share of "real" slices with lesions without labels.
+And the drawn lesion gain (model.g_lesion_gain_draw): uniform in its range, one
 latent number per image, which brightens the lesions."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -15,8 +19,9 @@ from test_gan_atlas import _atlas_export, _head
 from genlab.core.errors import RecipeError
 from genlab.core.recipe import from_mapping
 from genlab.engine.trainer import Trainer
+from genlab.families.gan_census import LesionCensus, Q
 from genlab.nn.gan_atlas import SHARE_SCALE, AtlasGenerator
-from genlab.nn.gan_blocks import load_generator
+from genlab.nn.gan_blocks import DiscTrunk, load_generator
 from genlab.nn.gan_losses import g_losses
 
 
@@ -187,3 +192,83 @@ def test_a_recipe_with_the_feature_matched_share_trains(tmp_path):
     r["model"] = {**r["model"], "g_lesion_share_by": "features"}
     with pytest.raises(RecipeError, match="g_lesion_share_by: features needs g_lesion_share"):
         from_mapping(r)
+
+
+def test_the_census_counts_real_slices_that_score_like_healthy_twins():
+    """The healthy twins' scores set the threshold (their Q-quantile); the real slices below it
+    are counted healthy, and the share is 1 - that count / Q, once the head separates the pairs."""
+    c = LesionCensus(DiscTrunk([1, 8, 8], [4], 8))
+    healthy = -1 - torch.arange(100) / 100  # scores of G's healthy twins: -1.99 ... -1.00
+    real = torch.cat([torch.full((30,), -1.5), torch.full((70,), 5.0)])  # 30 % score like them
+    c.update(real, healthy, healthy)  # the head cannot yet tell G's pairs apart: no estimate
+    share, counts = c.estimate()
+    assert float(counts) == 0 and float(c.share_loss(torch.tensor(0.2))) == 0
+    c = LesionCensus(DiscTrunk([1, 8, 8], [4], 8))
+    for _ in range(3):  # the first updates: their plain mean
+        c.update(real, torch.full((100,), 3.0), healthy)
+    torch.testing.assert_close(c.stats, torch.tensor([0.3, 1.0, 0.0]))
+    share, counts = c.estimate()
+    assert float(counts) == 1
+    torch.testing.assert_close(share, torch.tensor(1 - 0.3 / Q))  # 0.684
+    torch.testing.assert_close(c.share_loss(torch.tensor(0.5)), (0.5 - share) ** 2)
+    c.update(torch.full((100,), -1.5), torch.full((100,), 3.0), healthy)  # all below: 4 updates' mean
+    torch.testing.assert_close(c.stats[0], torch.tensor((3 * 0.3 + 1.0) / 4))
+    for _ in range(100):
+        c.update(real, torch.full((100,), 3.0), healthy)
+    c.update(torch.full((100,), -1.5), torch.full((100,), 3.0), healthy)  # later: one step moves it 5 %
+    torch.testing.assert_close(c.stats[0], torch.tensor(0.3 + 0.05 * 0.7), atol=1e-3, rtol=0)
+
+
+class _Ctx:
+    """The trainer's step context, reduced to what d_step and g_step use."""
+    device, rank, world_size, step = torch.device("cpu"), 0, 1, 1
+
+    def __init__(self, opts):
+        self.opts = opts
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def update(self, name, loss):
+        self.opts[name].zero_grad()
+        loss.backward()
+        self.opts[name].step()
+
+
+def _counted_share(tmp_path, truth: float, steps: int = 150) -> tuple[float, float]:
+    """'Real' slices drawn by a fresh G with a share `truth` carrying lesions; the census (D's
+    step) and G's share (G's step) trained on them: (the census's estimate, G's share)."""
+    t = _trainer(tmp_path / str(truth), g_lesion_share_by="count", d_mbstd=0)
+    model, g = t.model, t.model.G
+    g.fit_pose(torch.rand(8, 1, 8, 8))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        with_l, without_l, _, _ = g(torch.randn(2000, g.z_dim), pair=True)
+        real = torch.where((torch.rand(2000) < truth).view(-1, 1, 1, 1), with_l, without_l)
+    ctx = _Ctx({"d": torch.optim.Adam([*model.D.parameters(), *model.census.parameters()], lr=1e-2),
+                "g": torch.optim.Adam([g.share_param], lr=0.01)})  # only the share learns in G
+    for i in range(steps):
+        logs = model.d_step(real[(i * 64) % 1920:][:64], None, ctx)
+        model.g_step(64, None, ctx)
+    assert float(logs["census_tpr"]) - float(logs["census_fpr"]) > 0.7  # the head sees G's lesions
+    return float(logs["g_lesion_share_target"]), float(g.lesion_share())
+
+
+def test_the_counted_share_follows_the_share_of_real_images_with_lesions(tmp_path):
+    """No labels are read: the census learns lesions from G's own pairs and counts the real
+    slices that score like G's healthy twins. On 8 x 8 toys its head is imperfect (some lesion
+    slices score among the healthy, so it reads low), but it follows the truth, and G's share
+    follows it from 0.5."""
+    (high, share_high), (low, share_low) = _counted_share(tmp_path, 0.8), _counted_share(tmp_path, 0.3)
+    assert abs(high - 0.8) < 0.2 and abs(low - 0.3) < 0.15, (high, low)  # here 0.66 and 0.27
+    assert high - low > 0.25
+    assert abs(share_high - high) < 0.05 and abs(share_low - low) < 0.05, (share_high, share_low)
+
+
+def test_a_recipe_with_the_counted_share_trains_logs_the_census_and_checkpoints_it(tmp_path):
+    t = _trainer(tmp_path, steps=3, g_lesion_share_by="count")
+    t.run()
+    for key in ("census_real_healthy", "census_tpr", "census_fpr", "g_lesion_share_target", "d_census_bce"):
+        assert t.history[f"train/{key}"] and all(0 <= v <= 1 for _, v in t.history[f"train/{key}"]), key
+    assert float(t.model.census.seen) == 3  # its counts are in the state_dict: a resume continues them
+    assert "census.stats" in t.model.state_dict()

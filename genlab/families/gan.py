@@ -48,13 +48,14 @@ from genlab.core.registry import register_family
 from genlab.data.base import DataInfo
 from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
 from genlab.families.gan_atlas import atlas_view, build_atlas_generator, fit_atlas_pose
+from genlab.families.gan_census import LesionCensus
 from genlab.families.gan_config import GANConfig
 from genlab.families.gan_fid import build_fid_judge
 from genlab.families.gan_scores import LesionScores, frechet_and_pr
 from genlab.metrics import generative as gen_metrics
 from genlab.nn.gan_atlas import ATLAS_GENERATOR_BUILDER
 from genlab.nn.gan_augment import diff_augment
-from genlab.nn.gan_blocks import Discriminator, Generator, gan_widths, save_generator
+from genlab.nn.gan_blocks import Discriminator, DiscTrunk, Generator, gan_widths, save_generator
 from genlab.nn.gan_losses import (
     d_loss_fn,
     ema_beta,
@@ -108,6 +109,8 @@ class GAN(Family):
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         self._ac_real_ce: torch.Tensor | None = None  # D's class-head CE on the last real batch
         self._real_pooled: torch.Tensor | None = None  # g_lesion_share_by features: the real side
+        self.census = (LesionCensus(DiscTrunk(**self._trunk_args))  # its own net: not D's
+                       if cfg.g_lesion_share_by == "count" else None)
         # The judge is a fixed function, kept out of the state_dict (a plain dict attribute).
         self.judge_name, judge = build_fid_judge(cfg.fid_extractor, info)
         self._judge = {"net": judge}
@@ -132,7 +135,8 @@ class GAN(Family):
 
     # -- the contract ------------------------------------------------------------------------
     def configure_optimizers(self, train):
-        return {"d": build_optimizer(self.D.parameters(), train, self.cfg.lr_d),
+        d_params = [*self.D.parameters(), *(() if self.census is None else self.census.parameters())]
+        return {"d": build_optimizer(d_params, train, self.cfg.lr_d),
                 "g": build_optimizer(self.G.parameters(), train, self.cfg.lr_g)}
 
     def _noise(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -153,7 +157,11 @@ class GAN(Family):
         """One discriminator update; G's weights are only read (the fake batch is detached)."""
         cfg = self.cfg
         with torch.no_grad(), ctx.autocast():
-            fake = self.G(self._noise(real.shape[0], real.device), y)
+            if self.census is None:
+                fake = self.G(self._noise(real.shape[0], real.device), y)
+            else:  # each latent both ways: the drawn one is D's fake, the pair trains the census
+                with_l, without_l, on, _ = self.G(self._noise(real.shape[0], real.device), y, pair=True)
+                fake = torch.where(on.view(-1, 1, 1, 1), with_l, without_l)
         r1_now = cfg.r1_gamma > 0 and ctx.step % cfg.r1_every == 0
         if r1_now:  # the penalty is a gradient with respect to the (un-augmented) real images
             real = real.detach().requires_grad_(True)
@@ -180,6 +188,12 @@ class GAN(Family):
             gp = gradient_penalty(lambda x: self.D(self._view(x), y).float(), real, fake.float(), eps)
             loss = loss + self.cfg.gp_weight * gp
             out["gp"] = gp.detach()
+        if self.census is not None:
+            with ctx.autocast():
+                census = self.census.learn(self._view(with_l), self._view(without_l),
+                                           self._view(real.detach()))
+            loss = loss + census["d_census_bce"]
+            out.update({k: v.detach() for k, v in census.items()})
         if self.cfg.g_lesion_share_by == "features":  # the real side of the share's moment match
             with torch.no_grad():
                 self._real_pooled = self._pooled(real.detach()).mean(0)
@@ -235,6 +249,8 @@ class GAN(Family):
         with_l, without_l, on, share = self.G(z, y, pair=True)
         m = on.view(-1, 1, 1, 1)
         fake = torch.where(m, with_l, without_l)
+        if self.census is not None:  # the share pulled to the census's estimate of the real one
+            return fake, lambda d_fake: self.census.share_loss(share)
         if self.cfg.g_lesion_share_by == "features":
             # moment match: the expected batch mean of D's pooled maps, share * with + (1 -
             # share) * without per latent, against the last real batch's; exact in the share

@@ -125,11 +125,12 @@ class GANConfig:
                                          "sample carries its lesions with a learnt probability "
                                          "(the share), starting at this value, trained as "
                                          "g_lesion_share_by says (null: every sample draws them)")
-    g_lesion_share_by: Literal["adversarial", "features"] = param(
+    g_lesion_share_by: Literal["adversarial", "features", "count"] = param(
         "adversarial", help="g_lesion_share: what trains the share: adversarial (D's score on each "
-        "sample with and without its lesions) or features (the batch mean of D's max-pooled conv "
-        "maps, matched between real and generated slices: a moment match that needs no trained "
-        "real/fake score)")
+        "sample with and without its lesions), features (the batch mean of D's max-pooled conv "
+        "maps, matched between real and generated slices) or count (a head on D, trained on G's "
+        "own with/without pairs, counts the real slices with lesions; the share is pulled to "
+        "that count: genlab.families.gan_census)")
     ac_pool: Literal["max", "max+mean"] = param("max", help="how D's class head (ac_weight) pools "
                                                 "each conv map over positions: max (is there a "
                                                 "blob), or max+mean (and how many)")
