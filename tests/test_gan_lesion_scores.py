@@ -202,7 +202,10 @@ def test_call_scores_on_known_logits_and_an_unconditional_run(judge_run):
     unconditional, _ = _scores(judge_run, conditional=False)
     out = unconditional.call_scores(real, fake, y)
     assert "agreement" not in out and "agreement_min" not in out and out["judge_accuracy_real"] == 1.0
-    assert set(unconditional.call_scores(real, fake, None)) == {"lesion_rate", "lesion_rate_real"}
+    calls = {f"calls{side}/{c}" for side in ("", "_real") for c in scores.judge.class_names}
+    assert set(unconditional.call_scores(real, fake, None)) == {"lesion_rate", "lesion_rate_real"} | calls
+    assert (out["calls/A"], out["calls/B"], out["calls/C"], out["calls/Z"]) == (2 / 8, 3 / 8, 0, 3 / 8)
+    assert (out["calls_real/A"], out["calls_real/Z"]) == (2 / 8, 3 / 8)
 
 
 def test_judge_accuracy_script_measures_the_judge_on_both_modes(judge_run):

@@ -12,6 +12,8 @@ Lesion judge (genlab.families.gan_judge), metric names ending in the judge's nam
                           argmax is not a negative class such as Z)
     lesion_rate_real      the same call on the real images of the split
     lesion_share_real     the true share, from the labels (data with a "no lesion" class)
+    calls/<class>         unconditional runs: share of the samples the judge calls that class,
+                          beside calls_real/<class> on the real images: which lesions G draws
     judge_accuracy_real   the judge's accuracy on those real images (and /<class>: per class)
     agreement             conditional runs: share of samples the judge calls their conditioning
                           class; agreement/<class>, agreement_min and agreement_mean (over the
@@ -98,6 +100,11 @@ class LesionScores:
         if j.negative:
             out["lesion_rate"] = gen_metrics.lesion_rate(logits_fake, j.negative)
             out["lesion_rate_real"] = gen_metrics.lesion_rate(logits_real, j.negative)
+        if not self.conditional:  # which lesions an unconditional G draws, as the judge calls them
+            fake_calls, real_calls = logits_fake.argmax(1), logits_real.argmax(1)
+            for i, c in enumerate(j.class_names):
+                out[f"calls/{c}"] = float((fake_calls == i).float().mean())
+                out[f"calls_real/{c}"] = float((real_calls == i).float().mean())
         if y is None:  # unlabelled data: nothing to compare the calls with
             return out
         y = y.detach().cpu().long()
