@@ -193,14 +193,14 @@ def test_training_moves_g_not_the_atlas_and_losses_are_finite(tmp_path):
     assert x.shape == (6, 1, 8, 8) and 0 <= float(x.min()) and float(x.max()) <= 1
 
 
-def test_resume_is_exact_with_the_atlas_generator(tmp_path):
+def resume_matches_full(tmp_path, model: dict) -> Trainer:
+    """An atlas-G run to step 10, and the same run cut at step 6 (newest checkpoint: step 4) and
+    resumed to 10: their state_dicts equal bit for bit. Returns the uninterrupted run."""
     atlas, runs = _atlas_export(tmp_path), tmp_path / "runs"
-    model = {"conditional": True, "ac_weight": 1.0, "r1_gamma": 1.0, "r1_every": 2,
-             "d_augment": ["translation"], "g_diversity": 0.5}
     full = Trainer(from_mapping(_recipe(atlas, 12, model)), out_root=runs, quiet=True)
     full.run(stop_at=10)
     cut = Trainer(from_mapping(_recipe(atlas, 12, model)), out_root=runs, quiet=True)
-    cut.run(stop_at=6)  # the newest checkpoint is step 4
+    cut.run(stop_at=6)
     resumed = Trainer(from_mapping(_recipe(atlas, 12, model)), resume_dir=cut.run_dir, quiet=True)
     assert resumed.step == 4
     resumed.run(stop_at=10)
@@ -208,6 +208,12 @@ def test_resume_is_exact_with_the_atlas_generator(tmp_path):
     assert "G.pose_mean" in a and "G.atlas.template" in a
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    return full
+
+
+def test_resume_is_exact_with_the_atlas_generator(tmp_path):
+    resume_matches_full(tmp_path, {"conditional": True, "ac_weight": 1.0, "r1_gamma": 1.0, "r1_every": 2,
+                                   "d_augment": ["translation"], "g_diversity": 0.5})
 
 
 def test_exported_atlas_generator_reloads_and_the_default_is_the_conv_one(tmp_path):
