@@ -128,9 +128,9 @@ class GANConfig:
     g_lesion_share_by: Literal["adversarial", "features", "count"] = param(
         "adversarial", help="g_lesion_share: what trains the share: adversarial (D's score on each "
         "sample with and without its lesions), features (the batch mean of D's max-pooled conv "
-        "maps, matched between real and generated slices) or count (a head on D, trained on G's "
-        "own with/without pairs, counts the real slices with lesions; the share is pulled to "
-        "that count: genlab.families.gan_census)")
+        "maps, matched between real and generated slices) or count (a census net of its own, trained "
+        "on G's with/without pairs, counts the real slices that score like G's healthy twins; the "
+        "share is pulled to that count: genlab.families.gan_census)")
     ac_pool: Literal["max", "max+mean"] = param("max", help="how D's class head (ac_weight) pools "
                                                 "each conv map over positions: max (is there a "
                                                 "blob), or max+mean (and how many)")
