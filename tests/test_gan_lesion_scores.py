@@ -143,6 +143,33 @@ def test_conditional_gan_with_a_lesion_judge_logs_the_new_scores(judge_run, tmp_
     assert val["agreement_min"] <= val["agreement_mean"] <= 1
 
 
+def test_a_gated_g_is_scored_on_both_twins_of_its_samples(judge_run, tmp_path):
+    """An unconditional atlas G with a lesion gate: each sample is one of its latent's two renders
+    (with lesions, without), so the judge's logits on it are exactly those of one twin, and the
+    twin rates are the judge's lesion calls on each render."""
+    from test_gan_atlas import _atlas_export
+
+    r = _gan_recipe(judge_run / "judge", conditional=False, steps=2)
+    r["model"] = {**r["model"], "g_atlas": str(_atlas_export(tmp_path, shape=(1, 32, 24))),
+                  "g_lesion_slots": 4, "g_lesion_share": 0.5}
+    t = _quiet_run(r, tmp_path)
+    val = json.loads((t.run_dir / "metrics.json").read_text())["val"]
+    assert 0 <= val["lesion_rate_g_with"] <= 1 and 0 <= val["lesion_rate_g_without"] <= 1
+    batch = t.data.get("val", torch.arange(32))
+    cols = t.model.evaluate(batch)
+    fake, with_, without = cols["lj_logits_fake"], cols["lj_logits_with"], cols["lj_logits_without"]
+    def same(a, b):  # the same images in another batch: equal up to the kernels' rounding
+        return torch.isclose(a, b, rtol=1e-4, atol=1e-5).all(1)
+
+    from_with = same(fake, with_)
+    assert (from_with | same(fake, without)).all()
+    assert 0 < int(from_with.sum()) < len(fake)  # both twins are drawn (share 0.5, 32 samples)
+    out = t.model.summarize(cols)
+    negative = t.model._lesion.judge.negative
+    assert out["lesion_rate_g_with"] == gen_metrics.lesion_rate(with_, negative)
+    assert out["lesion_rate_g_without"] == gen_metrics.lesion_rate(without, negative)
+
+
 def test_best_checkpoint_chosen_on_agreement(judge_run, tmp_path):
     r = _gan_recipe(judge_run / "judge", steps=4)
     r["model"]["best_on"] = "agreement"

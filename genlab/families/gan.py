@@ -299,13 +299,20 @@ class GAN(Family):
     def evaluate(self, batch):
         x = batch["x"]
         y = batch["y"] if self.conditional else None
-        fake = self.G_ema(self._noise(x.shape[0], x.device, eval_generator(batch)), y).float()
+        z = self._noise(x.shape[0], x.device, eval_generator(batch))
+        twins = None
+        if getattr(self.G_ema, "gated", False):  # the same samples, and each latent's two renders
+            with_lesions, healthy, on, _ = self.G_ema(z, y, pair=True)
+            fake = torch.where(on.view(-1, 1, 1, 1), with_lesions, healthy).float()
+            twins = (with_lesions.float(), healthy.float())
+        else:
+            fake = self.G_ema(z, y).float()
         d_real, d_fake = self.D(self._view(x), y).float(), self.D(self._view(fake), y).float()
         judge = self._judge["net"].to(x.device)
         out = {"d_real": d_real.mean(), "d_fake": d_fake.mean(),  # D's mean raw score
                "feat_real": judge(x).float(), "feat_fake": judge(fake).float()}  # (B, D) each
         if self._lesion is not None:
-            out.update(self._lesion.columns(x, fake, batch.get("y")))
+            out.update(self._lesion.columns(x, fake, batch.get("y"), twins))
         return out
 
     def summarize(self, collected: dict[str, torch.Tensor]) -> dict[str, float]:

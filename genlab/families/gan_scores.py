@@ -12,6 +12,13 @@ Lesion judge (genlab.families.gan_judge), metric names ending in the judge's nam
                           argmax is not a negative class such as Z)
     lesion_rate_real      the same call on the real images of the split
     lesion_share_real     the true share, from the labels (data with a "no lesion" class)
+    lesion_rate_g_with, lesion_rate_g_without
+                          a gated G (model.g_lesion_share): the same call on its renders of the
+                          samples' latents with their lesions and without them (its healthy
+                          twins). lesion_rate = share x with + (1 - share) x without, so a rate on
+                          target can hide lesions the judge misses behind healthy twins it calls
+                          lesion-bearing: without should sit near the judge's miss rate on real
+                          healthy slices (1 - judge_accuracy_real/Z)
     calls/<class>         unconditional runs: share of the samples the judge calls that class,
                           beside calls_real/<class> on the real images: which lesions G draws
     judge_accuracy_real   the judge's accuracy on those real images (and /<class>: per class)
@@ -34,7 +41,8 @@ from genlab.families.gan_judge import LesionJudge, load_lesion_judge
 from genlab.metrics import generative as gen_metrics
 from genlab.metrics.classification import resolve_negative
 
-LESION_KEYS = ("lj_feat_real", "lj_feat_fake", "lj_logits_real", "lj_logits_fake", "lj_y")
+LESION_KEYS = ("lj_feat_real", "lj_feat_fake", "lj_logits_real", "lj_logits_fake", "lj_logits_with",
+               "lj_logits_without", "lj_y")
 
 
 def frechet_and_pr(real: torch.Tensor, fake: torch.Tensor, n: int, k: int) -> dict[str, float]:
@@ -71,14 +79,18 @@ class LesionScores:
         self.data_negative = resolve_negative(None, tuple(names))
 
     @torch.no_grad()
-    def columns(self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None) -> dict:
+    def columns(self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None,
+                twins: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
         """Per-example outputs of one evaluation batch: one judge pass on each image set. `y`:
-        the real images' labels, which the samples were also drawn for when conditional."""
+        the real images' labels, which the samples were also drawn for when conditional; `twins`:
+        a gated G's renders of the samples' latents with their lesions and without them."""
         j = self.judge.to(real.device)
         fr, lr = j.features_and_logits(real)
         ff, lf = j.features_and_logits(fake)
         out = {"lj_feat_real": fr.float(), "lj_feat_fake": ff.float(),
                "lj_logits_real": lr.float(), "lj_logits_fake": lf.float()}
+        if twins is not None:
+            out["lj_logits_with"], out["lj_logits_without"] = (j.logits(t).float() for t in twins)
         return out if y is None else {**out, "lj_y": y}
 
     def summarize(self, c: dict[str, torch.Tensor], n: int, k: int) -> dict[str, float]:
@@ -89,6 +101,10 @@ class LesionScores:
             fp["fid_ratio"] = fp["fid"] / max(fp["fid_floor"], 1e-12)
             out.update({f"{key}/{name}": v for key, v in fp.items()})
         out.update(self.call_scores(c["lj_logits_real"], c["lj_logits_fake"], c.get("lj_y")))
+        if "lj_logits_with" in c and self.judge.negative:
+            out["lesion_rate_g_with"] = gen_metrics.lesion_rate(c["lj_logits_with"], self.judge.negative)
+            out["lesion_rate_g_without"] = gen_metrics.lesion_rate(c["lj_logits_without"],
+                                                                   self.judge.negative)
         return {key: v for key, v in out.items() if math.isfinite(v)}  # strict JSON: no NaN
 
     def call_scores(self, logits_real: torch.Tensor, logits_fake: torch.Tensor,
