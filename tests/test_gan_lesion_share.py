@@ -5,8 +5,8 @@ share term has exactly the derivative of G's expected loss over the gate, and mo
 toward what D prefers; a recipe trains, logs the share, exports and reloads; bad values are
 recipe errors. The counted share (g_lesion_share_by: count): the census's arithmetic, and a D
 head trained on G's own pairs that finds the share of "real" slices with lesions without labels.
-And the drawn lesion gain (model.g_lesion_gain_draw): uniform in its range, one
-latent number per image, which brightens the lesions."""
+And the drawn lesion gain (model.g_lesion_gain_draw) and noise amplitude (model.g_noise_range):
+uniform in their ranges, each from one latent number per image."""
 from __future__ import annotations
 
 import contextlib
@@ -159,6 +159,44 @@ def test_a_recipe_with_a_drawn_gain_trains_and_reloads_and_needs_its_range(tmp_p
     r = tiny_recipe("gan", steps=2)
     r["model"] = {**r["model"], "g_atlas": str(tmp_path / "atlas"), "g_lesion_gain_draw": True}
     with pytest.raises(RecipeError, match=r"g_lesion_gain_draw: true needs g_atlas and g_lesion_gain"):
+        from_mapping(r)
+
+
+def test_a_drawn_noise_amplitude_is_uniform_in_its_range_and_read_from_its_own_latent_number():
+    torch.manual_seed(0)
+    g = AtlasGenerator([1, 16, 12], [4], 2, code_dim=8, slots=3, lesion_gain=(0.2, 0.4), gain_draw=True,
+                       noise_range=(0.0, 0.05))
+    with torch.no_grad():
+        g.atlas.template.copy_(_head(16, 12, 2))
+    g.fit_template_frame()
+    assert g.z_dim == 8 + 6 + 2 + 2 * 3 + 1 + 1 + 1 and g.noise_amp is None
+    with torch.no_grad():
+        g(torch.randn(4000, g.z_dim))
+        assert abs(float(g.last_stats["g_noise_amp"]) - 0.025) < 0.001  # the middle of [0, 0.05]
+        z = torch.randn(8, g.z_dim).repeat(2, 1)
+        z[:, 8 + 8 + 6] = 0.0  # the gain's number, then the amplitude's: after z, pose, area, slots
+        z[:8, 8 + 8 + 6 + 1], z[8:, 8 + 8 + 6 + 1] = -6.0, 6.0
+        quiet, loud = g(z).split(8)
+        healthy = g.atlas.render(g.draw_pose(z[:8, :8], z[:8, 8:14])).clamp(0, 1)
+    # amplitude ~0: the rendering up to the lesions; ~0.05: the noise's own spread (+-0.05 uniform)
+    inside = healthy > 0.1
+    assert float((loud - quiet)[inside].std()) == pytest.approx(0.05 / 3 ** 0.5, rel=0.15)
+    with pytest.raises(ValueError, match=r"noise_range: expected 0 <= low < high <= 0.5"):
+        AtlasGenerator([1, 16, 12], [4], 2, code_dim=8, slots=3, noise_range=(0.05, 0.01))
+
+
+def test_a_recipe_with_a_drawn_noise_amplitude_trains_logs_it_and_reloads(tmp_path):
+    t = _trainer(tmp_path, g_noise_range=[0.01, 0.03])
+    t.run()
+    amps = [v for _, v in t.history["train/g_noise_amp"]]
+    assert amps and all(0.01 <= v <= 0.03 for v in amps)
+    gen = load_generator(t.model.export_generator(tmp_path / "gen"))
+    assert gen.noise_range == (0.01, 0.03)
+    z = torch.randn(8, gen.z_dim)
+    torch.testing.assert_close(gen(z), t.model.G_ema.eval()(z))
+    r = tiny_recipe("gan", steps=2)
+    r["model"] = {**r["model"], "g_noise_range": [0.0, 0.05]}
+    with pytest.raises(RecipeError, match=r"g_noise_range: \[0.0, 0.05\] needs g_atlas"):
         from_mapping(r)
 
 

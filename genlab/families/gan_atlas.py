@@ -54,6 +54,8 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
         args["lesion_gain"] = [float(v) for v in cfg.g_lesion_gain]
     if cfg.g_lesion_gain_draw:
         args["gain_draw"] = True
+    if cfg.g_noise_range is not None:
+        args["noise_range"] = [float(v) for v in cfg.g_noise_range]
     if cfg.g_lesion_share is not None:
         args["lesion_share"] = float(cfg.g_lesion_share)
     if cfg.g_anatomy_residual:

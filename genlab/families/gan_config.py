@@ -121,6 +121,11 @@ class GANConfig:
     g_lesion_gain_draw: bool = param(False, help="g_atlas: each image's lesion gain drawn uniformly "
                                      "in g_lesion_gain, as the factory draws its tumours', not "
                                      "learnt (needs g_lesion_gain)")
+    g_noise_range: list[float] | None = param(None, help="g_atlas: [low, high], each image's noise "
+                                              "amplitude (uniform per-pixel noise in +-amp) drawn "
+                                              "uniformly in it from its own latent number, as the "
+                                              "brain factory draws its [0, 0.05], not learnt from z "
+                                              "(learnt, a hard-mode G gave every image ~0.012)")
     g_lesion_share: float | None = param(None, gt=0, lt=1, help="g_atlas, unconditional: each "
                                          "sample carries its lesions with a learnt probability "
                                          "(the share), starting at this value, trained as "
@@ -169,6 +174,11 @@ class GANConfig:
         if self.g_lesion_gain_draw and (self.g_atlas is None or self.g_lesion_gain is None):
             raise ValueError(f"g_lesion_gain_draw: true needs g_atlas and g_lesion_gain (the range it "
                              f"draws in; got g_atlas: {self.g_atlas}, g_lesion_gain: {self.g_lesion_gain})")
+        noise = self.g_noise_range
+        if noise is not None and (self.g_atlas is None or len(noise) != 2
+                                  or not 0 <= noise[0] < noise[1] <= 0.5):
+            raise ValueError(f"g_noise_range: {noise} needs g_atlas and two amplitudes 0 <= low < "
+                             "high <= 0.5")
         if self.g_lesion_share_by != "adversarial" and self.g_lesion_share is None:
             raise ValueError(f"g_lesion_share_by: {self.g_lesion_share_by} needs g_lesion_share")
         if self.g_lesion_share is not None and (self.conditional or self.g_atlas is None):

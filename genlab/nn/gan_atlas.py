@@ -47,6 +47,10 @@ discs in a line). Or one layout per class (a list): the lattice drew B's separat
 `gain_draw` draws each image's lesion gain uniformly in that range instead of learning it, as the
 factory draws its tumours' (learnt, an easy-mode G put its gains at the range's top, "more A than
 A", where the judge's Frechet distance is driven by the brightness).
+`noise_range` draws each image's noise amplitude uniformly in that range from its own latent
+number, as the factory does, instead of learning it from z (learnt, a hard-mode G gave every
+image 0.012 where the data's amplitudes span 0-0.05; a classifier trained on its samples then
+called the real slices noisier than that lesion-bearing, healthy ones among them).
 `lesion_share` (unconditional G) draws, per image, whether it carries its lesions at all: a gate
 on with a learnt probability, the share, from one more latent number. Without it an unconditional
 G drew 2-3 discs in every sample (the count is a smooth function of z, one number for nearly
@@ -112,7 +116,8 @@ class AtlasGenerator(nn.Module):
     """latent (B, z_dim) [, labels (B,)] -> (B, C, H, W) in [0, 1]; see the module docstring.
 
     latent = [z (code_dim) | u_pose (6) | u_area (2) | u_slots (2 slots) | u_gate (1, lesion_share)
-    | u_gain (1, gain_draw) | u_angle (1, lattice) | u_noise (1)], the bracketed ones only with
+    | u_gain (1, gain_draw) | u_noise_amp (1, noise_range) | u_angle (1, lattice) | u_noise (1)],
+    the bracketed ones only with
     their option, all standard normal (the GAN family draws them). The atlas (template and pose
     net) is a frozen submodule: checkpoints and the exported generator hold it, so nothing outside
     is needed to sample."""
@@ -123,7 +128,7 @@ class AtlasGenerator(nn.Module):
                  lesion_gain: tuple[float, float] | None = None, anatomy_maps: int = 0,
                  min_count: list[float] | None = None, min_sigma: list[float] | None = None,
                  min_spacing: list[float] | None = None, lesion_share: float | None = None,
-                 gain_draw: bool = False):
+                 gain_draw: bool = False, noise_range: tuple[float, float] | None = None):
         super().__init__()
         c, h, w = (int(v) for v in out_shape)
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
@@ -150,8 +155,11 @@ class AtlasGenerator(nn.Module):
             raise ValueError(f"lesion_share: expected a share in (0, 1) for an unconditional G, got "
                              f"{lesion_share} (classes: {num_classes})")
         self.gated, self.gain_draw = lesion_share is not None, bool(gain_draw)
+        self.noise_range = None if noise_range is None else tuple(float(v) for v in noise_range)
+        if self.noise_range is not None and not 0 <= self.noise_range[0] < self.noise_range[1] <= 0.5:
+            raise ValueError(f"noise_range: expected 0 <= low < high <= 0.5, got {list(noise_range)}")
         self.z_dim = (self.code_dim + 6 + 2 + 2 * self.slots + self.gated + self.gain_draw
-                      + self.uses_lattice + 1)
+                      + (self.noise_range is not None) + self.uses_lattice + 1)
         self.atlas = Atlas([c, h, w], widths, up, max_log_scale, max_shift).requires_grad_(False)
         self.register_buffer("pose_mean", torch.zeros(6))
         self.register_buffer("pose_sd", torch.zeros(6))  # 0 until fit_pose: the template's own pose
@@ -163,7 +171,7 @@ class AtlasGenerator(nn.Module):
                              persistent=False)
         self.embed = nn.Embedding(num_classes, code_dim) if num_classes else None
         self.pose = nn.Linear(code_dim, 6)  # pose and noise amplitude: from z only, never the class
-        self.noise_amp = nn.Linear(code_dim, 1)
+        self.noise_amp = nn.Linear(code_dim, 1) if self.noise_range is None else None  # else drawn
         self.trunk = nn.Sequential(nn.Linear(code_dim * (2 if num_classes else 1), hidden), nn.LeakyReLU(0.2),
                                    nn.Linear(hidden, hidden), nn.LeakyReLU(0.2))
         # per image: log spread of the discs around the cluster centre (lattice: their spacing),
@@ -233,8 +241,9 @@ class AtlasGenerator(nn.Module):
         self.area.bias.copy_(torch.tensor(bias))
         self.slot_out.bias.copy_(torch.tensor([0.0, 0.0, inverse_between(1.5, SIGMA),
                                                inverse_between(3.0, LOG_AMP)]))
-        nn.init.zeros_(self.noise_amp.weight)
-        self.noise_amp.bias.fill_(math.log(math.expm1(0.025)))  # softplus -> 0.025
+        if self.noise_amp is not None:
+            nn.init.zeros_(self.noise_amp.weight)
+            self.noise_amp.bias.fill_(math.log(math.expm1(0.025)))  # softplus -> 0.025
 
     # -- fitting to the data ---------------------------------------------------------------------
     @torch.no_grad()
@@ -271,6 +280,8 @@ class AtlasGenerator(nn.Module):
             parts["gate"] = latent[:, z + 8 + 2 * k]
         if self.gain_draw:
             parts["gain"] = latent[:, z + 8 + 2 * k + self.gated]
+        if self.noise_range is not None:
+            parts["noise_amp"] = latent[:, z + 8 + 2 * k + self.gated + self.gain_draw]
         if self.uses_lattice:
             parts["angle"] = latent[:, -2]
         return parts
@@ -410,7 +421,13 @@ class AtlasGenerator(nn.Module):
                                "g_lesion_gain": gain.mean().detach(),
                                "g_disc_sigma": sigma.mean().detach(),
                                "g_area_reach": between(self.area_reach.detach(), AREA_REACH)}
-            noise = self.noise(parts["noise"], F.softplus(self.noise_amp(z)))
+            if self.noise_range is None:
+                noise_amp = F.softplus(self.noise_amp(z))
+            else:
+                lo, hi = self.noise_range
+                noise_amp = lo + (hi - lo) * torch.special.ndtr(parts["noise_amp"].float())
+            self.last_stats["g_noise_amp"] = noise_amp.mean().detach()
+            noise = self.noise(parts["noise"], noise_amp)
             anatomy = None if self.anatomy is None else self.anatomy(z)
             if not self.gated:
                 return self.compose(pose, lesions, noise, anatomy)
