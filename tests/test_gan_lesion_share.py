@@ -309,3 +309,27 @@ def test_a_recipe_with_the_counted_share_trains_logs_the_census_and_resumes_exac
         assert full.history[f"train/{key}"] and all(0 <= v <= 1 for _, v in full.history[f"train/{key}"]), key
     state = full.model.state_dict()
     assert float(state["census.seen"]) == 10 and "census.head.weight" in state  # the counts and the net
+
+
+def test_the_census_look_pulls_g_lesions_to_the_real_ones_and_resumes_exactly(tmp_path):
+    """g_lesion_look: G's term is the gap between the census's mean score of its with-lesion
+    renders and the real lesion-bearing slices', in units of their distance from the healthy
+    twins, zero until there is a count; a run with it logs both sides and resumes bit for bit."""
+    c = LesionCensus(DiscTrunk([1, 8, 8], [4, 8], 8), look=True)
+    c.look.copy_(torch.tensor([3.0, -1.0]))
+    c.stats.copy_(torch.tensor([0.3, 0.9, 0.1]))  # a count: tpr - fpr >= MIN_GAP
+    logit = torch.tensor([1.0, 1.0], requires_grad=True)
+    loss = c.look_loss(logit)
+    assert float(loss) == pytest.approx(((1.0 - 3.0) / 4.0) ** 2)
+    loss.backward()
+    assert logit.grad.tolist() == pytest.approx([2 * (1.0 - 3.0) / 16 / 2] * 2)  # up, toward real
+    c.stats.copy_(torch.tensor([0.3, 0.5, 0.4]))  # no count yet: no pull
+    assert float(c.look_loss(logit)) == 0.0
+    full = resume_matches_full(tmp_path, {"g_lesion_share": 0.5, "g_lesion_share_by": "count",
+                                          "g_lesion_look": 1.0})
+    for key in ("census_real_lesion_logit", "census_healthy_twin_logit", "census_g_lesion_logit"):
+        assert full.history[f"train/{key}"], key
+    r = tiny_recipe("gan", steps=2)
+    r["model"] = {**r["model"], "g_atlas": str(tmp_path / "atlas"), "g_lesion_share": 0.5, "g_lesion_look": 1.0}
+    with pytest.raises(RecipeError, match=r"g_lesion_look: 1.0 needs g_lesion_share_by: count"):
+        from_mapping(r)

@@ -109,7 +109,7 @@ class GAN(Family):
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         self._ac_real_ce: torch.Tensor | None = None  # D's class-head CE on the last real batch
         self._real_pooled: torch.Tensor | None = None  # g_lesion_share_by features: the real side
-        self.census = (LesionCensus(DiscTrunk(**self._trunk_args))  # its own net: not D's
+        self.census = (LesionCensus(DiscTrunk(**self._trunk_args), look=cfg.g_lesion_look > 0)  # not D's
                        if cfg.g_lesion_share_by == "count" else None)
         # The judge is a fixed function, kept out of the state_dict (a plain dict attribute).
         self.judge_name, judge = build_fid_judge(cfg.fid_extractor, info)
@@ -250,7 +250,14 @@ class GAN(Family):
         m = on.view(-1, 1, 1, 1)
         fake = torch.where(m, with_l, without_l)
         if self.census is not None:  # the share pulled to the census's estimate of the real one
-            return fake, lambda d_fake: self.census.share_loss(share)
+            if not self.census.has_look:
+                return fake, lambda d_fake: self.census.share_loss(share)
+            self.census.requires_grad_(False)  # G's term: no gradient into the census's weights
+            try:
+                look = self.cfg.g_lesion_look * self.census.look_loss(self.census.logits(self._view(with_l)))
+            finally:
+                self.census.requires_grad_(True)
+            return fake, lambda d_fake: self.census.share_loss(share) + look
         if self.cfg.g_lesion_share_by == "features":
             # moment match: the expected batch mean of D's pooled maps, share * with + (1 -
             # share) * without per latent, against the last real batch's; exact in the share

@@ -136,6 +136,10 @@ class GANConfig:
         "maps, matched between real and generated slices) or count (a census net of its own, trained "
         "on G's with/without pairs, counts the real slices that score like G's healthy twins; the "
         "share is pulled to that count: genlab.families.gan_census)")
+    g_lesion_look: float = param(0.0, ge=0, help="g_lesion_share_by count: the weight of G's term "
+                                 "pulling the census's mean score of its with-lesion renders to "
+                                 "that of the real slices the census counts lesion-bearing (0: off; "
+                                 "genlab.families.gan_census)")
     ac_pool: Literal["max", "max+mean"] = param("max", help="how D's class head (ac_weight) pools "
                                                 "each conv map over positions: max (is there a "
                                                 "blob), or max+mean (and how many)")
@@ -179,6 +183,9 @@ class GANConfig:
                                   or not 0 <= noise[0] < noise[1] <= 0.5):
             raise ValueError(f"g_noise_range: {noise} needs g_atlas and two amplitudes 0 <= low < "
                              "high <= 0.5")
+        if self.g_lesion_look and self.g_lesion_share_by != "count":
+            raise ValueError(f"g_lesion_look: {self.g_lesion_look} needs g_lesion_share_by: count (the "
+                             f"census it reads), got {self.g_lesion_share_by!r}")
         if self.g_lesion_share_by != "adversarial" and self.g_lesion_share is None:
             raise ValueError(f"g_lesion_share_by: {self.g_lesion_share_by} needs g_lesion_share")
         if self.g_lesion_share is not None and (self.conditional or self.g_atlas is None):
