@@ -330,6 +330,7 @@ def test_the_census_look_pulls_g_lesions_to_the_real_ones_and_resumes_exactly(tm
     for key in ("census_real_lesion_logit", "census_healthy_twin_logit", "census_g_lesion_logit"):
         assert full.history[f"train/{key}"], key
     r = tiny_recipe("gan", steps=2)
-    r["model"] = {**r["model"], "g_atlas": str(tmp_path / "atlas"), "g_lesion_share": 0.5, "g_lesion_look": 1.0}
+    r["model"] = {**r["model"], "g_atlas": str(tmp_path / "atlas"), "g_lesion_share": 0.5,
+                  "g_lesion_look": 1.0}
     with pytest.raises(RecipeError, match=r"g_lesion_look: 1.0 needs g_lesion_share_by: count"):
         from_mapping(r)
