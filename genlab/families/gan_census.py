@@ -27,8 +27,9 @@ of 32 is noisy), and counts only once the head separates G's pairs (tpr - fpr >=
 The look (`look=True`, model.g_lesion_look): the count does not care how G's lesions look, and
 an unconditional D does not either, so on some seeds G's lesions shrank to one faint dot the
 lesion judge does not see (measured, hard slices, no anatomy residual: at step 1,000 the judge
-called 15 % and 43 % of the with-lesion renders lesion-bearing on two seeds, the share on target). The census does score lesions, so G
-may be pulled toward lesions it scores as it scores the real slices it counts lesion-bearing:
+called 15 % and 43 % of the with-lesion renders lesion-bearing on two seeds, the share on
+target). The census does score lesions, so G may be pulled toward lesions it scores as it scores
+the real slices it counts lesion-bearing:
 the mean logit of G's with-lesion renders to that of the real slices above t_Q, the gap in units
 of the distance between those real slices and G's healthy twins (both moving averages).
 """
