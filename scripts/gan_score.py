@@ -1,8 +1,9 @@
 """Re-score a GAN run under another judge: Fréchet distance, its real-vs-real floor, precision
-and recall of the run's EMA generator (newest checkpoint), with any exported genlab encoder.
+and recall of the run's EMA generator (newest checkpoint, or best.pt), with any exported genlab encoder.
 
     python scripts/gan_score.py runs/gan_brain/<run> --extractor runs/lesion_brain/<run>/export
     python scripts/gan_score.py runs/gan_brain/<run>            # the run's own judge
+    python scripts/gan_score.py RUN --checkpoint best --split test --set model.fid_halves=first
 
 Prints the metrics as JSON (and writes them to --out if given). Uses the run's recipe, so the
 split, its size and fid_samples are those the run was scored with. The run is loaded read-only
@@ -54,12 +55,17 @@ def main() -> None:
     ap.add_argument("--lesion-judge", type=Path, default=None, help="a lesion judge folder (e.g. "
                     "judges/lesion_judge_brain): adds its Frechet distance, lesion rate and agreement")
     ap.add_argument("--split", default="val", choices=["val", "test"])
+    ap.add_argument("--checkpoint", default="last", choices=["last", "best"],
+                    help="the newest step checkpoint (default) or best.pt")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="another recipe key for scoring, e.g. model.fid_halves=first (the protocol "
+                         "runs before that option were scored with); repeatable")
     ap.add_argument("--out", type=Path, default=None, help="also write the metrics to this JSON file")
     args = ap.parse_args()
     overrides = [f"model.fid_extractor={args.extractor}"] if args.extractor else []
     if args.lesion_judge:
         overrides.append(f"model.lesion_judge={args.lesion_judge}")
-    run = genlab.load_run(args.run_dir, "last", "cpu", overrides=overrides)
+    run = genlab.load_run(args.run_dir, args.checkpoint, "cpu", overrides=overrides + args.sets)
     t0 = time.perf_counter()
     metrics = evaluate(run, args.split)
     result = {"run": str(args.run_dir), "step": run.step, "split": args.split,

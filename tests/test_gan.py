@@ -16,6 +16,7 @@ from genlab.core.errors import RecipeError
 from genlab.core.recipe import from_mapping
 from genlab.engine.trainer import Trainer
 from genlab.families.gan import GAN
+from genlab.families.gan_scores import stratified_order
 from genlab.metrics import generative as gen_metrics
 from genlab.nn.gan_blocks import (
     DiscHead,
@@ -206,6 +207,37 @@ def test_fid_extractor_bundle_names_the_metric(runs):
     bad = _recipe(2, {"fid_extractor": str(runs / "nowhere")})
     with pytest.raises(RecipeError, match="model.fid_extractor"):
         from_mapping(bad)
+
+
+def test_stratified_order_cuts_class_matched_halves():
+    y = torch.randint(4, (301,), generator=torch.Generator().manual_seed(0))
+    order, n = stratified_order(y, 150)
+    assert sorted(order.tolist()) == list(range(301)) and n <= 150 and n >= 150 - 2
+    first, second = order[:n], order[n:2 * n]
+    assert torch.equal(torch.bincount(y[first], minlength=4), torch.bincount(y[second], minlength=4))
+    assert torch.all(first.diff() > 0) and torch.all(second.diff() > 0)  # each set in split order
+    share = torch.bincount(y[first], minlength=4) / n
+    assert torch.allclose(share, torch.bincount(y, minlength=4) / 301, atol=0.02)  # the split's mix
+    assert stratified_order(torch.zeros(5, dtype=torch.long), 4)[1] == 2  # one class: pairs only
+
+
+def test_the_fd_floor_compares_class_matched_halves(runs):
+    """Features that are the class (one-hot x 10) plus a little noise, the split's first half all
+    class 0 and the second all class 1: the first-n cut scores the class mix (|mean shift|^2 ~ 200),
+    the stratified cut only the noise; a generator that returns the real image drawn for each
+    label scores exactly its floor either way."""
+    t = _trainer(runs, steps=1)
+    y = torch.cat([torch.zeros(8), torch.ones(8)]).long()  # fid_samples 8: n = 8
+    feats = torch.nn.functional.one_hot(y, 2).float() * 10
+    feats = torch.cat([feats, 0.1 * torch.randn(16, 6, generator=torch.Generator().manual_seed(0))], 1)
+    collected = {"feat_real": feats, "feat_fake": feats.clone(), "y": y}
+    strat = t.model.summarize(collected)
+    t.model.cfg.fid_halves = "first"
+    first = t.model.summarize(collected)
+    assert (strat["fid_samples"], first["fid_samples"]) == (8, 8)
+    assert first["fid_floor/random_conv"] > 150 and strat["fid_floor/random_conv"] < 1
+    for out in (strat, first):
+        assert out["fid/random_conv"] == pytest.approx(out["fid_floor/random_conv"])
 
 
 def test_sample_cli_writes_a_png_and_rejects_a_bad_class(runs, tmp_path, capsys):

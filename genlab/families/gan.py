@@ -23,7 +23,8 @@ shows D each slice's departure from that atlas, amplified (genlab.families.gan_a
 Scores (`summarize`, over the evaluated split, from the EMA generator): features come from a
 fixed judge, `fid_extractor` (an exported genlab encoder trained on the same data) or, when
 null, "random_conv", a conv net with fixed random weights (seed 0). With n = min(fid_samples,
-N/2) and the split's examples [0, N): reference R = real[n:2n];
+N/2) and the split's examples [0, N) (with labels and `fid_halves: stratified`, reordered so that
+real[:n] and real[n:2n] hold each class in the same number): reference R = real[n:2n];
     fid/<judge>        FD(n EMA samples, R); the samples use the labels of real[:n]
     fid_floor/<judge>  FD(real[:n], R): what a perfect generator would score at this n
     fid_ratio          fid / fid_floor (1 is perfect; sample-size bias cancels to first order)
@@ -51,7 +52,7 @@ from genlab.families.gan_atlas import atlas_view, build_atlas_generator, fit_atl
 from genlab.families.gan_census import LesionCensus
 from genlab.families.gan_config import GANConfig
 from genlab.families.gan_fid import build_fid_judge
-from genlab.families.gan_scores import LesionScores, frechet_and_pr
+from genlab.families.gan_scores import LesionScores, frechet_and_pr, stratified_order
 from genlab.metrics import generative as gen_metrics
 from genlab.nn.gan_atlas import ATLAS_GENERATOR_BUILDER
 from genlab.nn.gan_augment import diff_augment
@@ -318,13 +319,18 @@ class GAN(Family):
         judge = self._judge["net"].to(x.device)
         out = {"d_real": d_real.mean(), "d_fake": d_fake.mean(),  # D's mean raw score
                "feat_real": judge(x).float(), "feat_fake": judge(fake).float()}  # (B, D) each
+        if "y" in batch:  # the labels cut the split into class-matched halves (summarize)
+            out["y"] = batch["y"]
         if self._lesion is not None:
             out.update(self._lesion.columns(x, fake, batch.get("y"), twins))
         return out
 
     def summarize(self, collected: dict[str, torch.Tensor]) -> dict[str, float]:
+        n = min(self.cfg.fid_samples, len(collected["feat_real"]) // 2)
+        if self.cfg.fid_halves == "stratified" and "y" in collected:
+            order, n = stratified_order(collected["y"], n)
+            collected = {k: v[order.to(v.device)] if v.dim() else v for k, v in collected.items()}
         real, fake = collected["feat_real"], collected["feat_fake"]
-        n = min(self.cfg.fid_samples, len(real) // 2)
         out: dict[str, float] = {}
         if n > max(self.cfg.pr_k, 2):
             out = self._feature_scores(real, fake, n)

@@ -47,6 +47,12 @@ class GANConfig:
                                        "the FD judge (null: fixed random-weight conv net 'random_conv')")
     fid_samples: int = param(500, ge=8, help="samples per set for FD and precision/recall (the split "
                              "evaluated must hold 2x this; fewer: N/2, reported as fid_samples)")
+    fid_halves: Literal["stratified", "first"] = param(
+        "stratified", help="how the evaluated split's real images are cut into the reference set "
+        "and the floor's set (the samples share the floor set's labels): stratified (when the "
+        "data have labels, both sets hold each class in the same number: a cut's chance class "
+        "mix moves the floor several-fold from one split to another) or first (the split's "
+        "first n images and the next n, as runs before this option were scored)")
     pr_k: int = param(3, ge=1, help="k of the k-NN manifolds for precision/recall")
     lesion_judge: Path | None = param(None, must_exist=True, help="lesion-judge folder (a frozen "
                                       "classifier, e.g. judges/lesion_judge_brain): adds FD, "

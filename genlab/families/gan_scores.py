@@ -3,7 +3,9 @@ feature judge and the lesion judge, and the lesion judge's own scores (`model.le
 
 Protocol (both judges): with n = min(fid_samples, N/2) over the split's examples [0, N) and the
 reference R = real[n:2n], the samples are the first n EMA samples and the floor is real[:n]
-scored against the same R (what a perfect generator would score at this n).
+scored against the same R (what a perfect generator would score at this n). With labels and
+`fid_halves: stratified` the examples are first put in `stratified_order`, so real[:n] and R hold
+each class in the same number (the samples, drawn for real[:n]'s labels when conditional, too).
 
 Lesion judge (genlab.families.gan_judge), metric names ending in the judge's name J:
     fid/J, fid_floor/J, fid_ratio/J, precision/J, recall/J, precision_floor/J, recall_floor/J
@@ -43,6 +45,26 @@ from genlab.metrics.classification import resolve_negative
 
 LESION_KEYS = ("lj_feat_real", "lj_feat_fake", "lj_logits_real", "lj_logits_fake", "lj_logits_with",
                "lj_logits_without", "lj_y")
+
+
+def stratified_order(y: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
+    """A permutation of the split's N examples whose [0, n) and [n, 2n) hold every class in the
+    same number, and that n (at most the given one: a class of odd count leaves one example out).
+    Class c gets k_c places in each set, k_c of n in proportion to the pairs it can fill (largest
+    remainders), from its examples in split order; the sets keep split order, the rest follows."""
+    y = y.detach().cpu().long()
+    idx = [torch.nonzero(y == c).flatten() for c in torch.unique(y)]
+    pairs = torch.tensor([len(i) // 2 for i in idx], dtype=torch.float64)
+    n = min(n, int(pairs.sum()))
+    share = pairs * n / max(float(pairs.sum()), 1.0)
+    k = share.floor().long()
+    for c in torch.argsort(share - k, descending=True, stable=True)[: n - int(k.sum())]:
+        k[c] += 1
+    first = torch.cat([i[:kc] for i, kc in zip(idx, k.tolist())]).sort().values
+    second = torch.cat([i[kc:2 * kc] for i, kc in zip(idx, k.tolist())]).sort().values
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[first], rest[second] = False, False
+    return torch.cat([first, second, torch.nonzero(rest).flatten()]), n
 
 
 def frechet_and_pr(real: torch.Tensor, fake: torch.Tensor, n: int, k: int) -> dict[str, float]:
@@ -144,4 +166,4 @@ class LesionScores:
         return out
 
 
-__all__ = ["LESION_KEYS", "LesionScores", "frechet_and_pr"]
+__all__ = ["LESION_KEYS", "LesionScores", "frechet_and_pr", "stratified_order"]
