@@ -72,9 +72,11 @@ def data_like_gain(g: torch.Tensor) -> torch.Tensor:
 
 
 # Table 6: (label, lesion gain: None = G's own, a number, or a function of G's; disc sigma factor
-# per class name). C's sigma x1.25: step 2,000's 0.59 px to step 4,000's 0.75 px
+# per class name). C's sigma x1.25: step 2,000's 0.59 px to step 4,000's 0.75 px (a learnt-gain
+# G); the smaller steps, for a G whose least sigma for C holds it at 0.8 px
 SAMPLE_CHANGES = [("as drawn", None, {}), ("gain as the data's (0.30-0.45 x 0.75-1)", data_like_gain, {}),
                   *((f"gain {g}", g, {}) for g in (0.2, 0.3, 0.35, 0.4, 0.5, 0.6)),
+                  *((f"{c}'s sigma x{f}", None, {c: f}) for c in ("A", "C") for f in (0.8, 0.9, 1.1)),
                   ("C's sigma x1.25", None, {"C": 1.25}),
                   ("gain as the data's, C's sigma x1.25", data_like_gain, {"C": 1.25})]
 
@@ -101,6 +103,16 @@ def draw_samples(model, labels: torch.Tensor, gain=None, sigma_scale: dict | Non
             factor[y == names.index(name)] = f
         return c, s * factor[:, None], amp, g
     G.draw_discs = changed
+    # a G that draws its gain from the latent (gain_draw): the latent keeps its layout, and the
+    # override replaces that draw (forward reads the flag again after splitting the latent)
+    drawn, split = G.gain_draw, G.split_latent
+
+    def split_keeping_layout(latent):
+        G.gain_draw = drawn
+        parts = split(latent)
+        G.gain_draw = drawn and gain is None
+        return parts
+    G.split_latent = split_keeping_layout
     torch.manual_seed(0)  # data_like_gain's draws: the same in every run
     try:
         out = []
@@ -110,7 +122,7 @@ def draw_samples(model, labels: torch.Tensor, gain=None, sigma_scale: dict | Non
             out.append(G(z, labels[idx]).float())
         return torch.cat(out)
     finally:
-        G.draw_discs = draw
+        G.draw_discs, G.gain_draw, G.split_latent = draw, drawn, split
 
 
 def fd_parts(a: np.ndarray, b: np.ndarray) -> dict:
