@@ -334,3 +334,38 @@ def test_the_census_look_pulls_g_lesions_to_the_real_ones_and_resumes_exactly(tm
                   "g_lesion_look": 1.0}
     with pytest.raises(RecipeError, match=r"g_lesion_look: 1.0 needs g_lesion_share_by: count"):
         from_mapping(r)
+
+
+def test_the_quantile_look_asks_for_the_real_spread_of_lesion_scores(tmp_path):
+    """g_lesion_look_by quantiles: a census keeps 8 quantiles of the real lesion-bearing slices'
+    scores; G's renders that all score the real mean (zero loss for the mean look) are pulled
+    apart, up at the top and down at the bottom, and renders spread as the real ones cost nothing.
+    A run with it resumes bit for bit; the key needs the look."""
+    c = LesionCensus(DiscTrunk([1, 8, 8], [4, 8], 8), look=True, look_by="quantiles")
+    real = torch.linspace(0.0, 14.0, 33)[:32]  # real slices' lesion scores, spread
+    twins = torch.full((32,), -4.0)
+    for _ in range(60):  # folded in as the moving averages do
+        c.update(real, real, twins)
+    assert c.look_q.tolist() == pytest.approx(torch.quantile(real, c.levels).tolist(), abs=1e-4)
+    c.stats.copy_(torch.tensor([0.3, 0.9, 0.1]))  # a count: tpr - fpr >= MIN_GAP
+    one_kind = torch.full((32,), float(real.mean()), requires_grad=True)
+    loss = c.look_loss(one_kind)
+    assert float(loss) > 0.05
+    loss.backward()
+    g = one_kind.grad
+    assert float(g.sum()) == pytest.approx(0.0, abs=1e-5)  # no net pull: the mean is right
+    mean_look = LesionCensus(DiscTrunk([1, 8, 8], [4, 8], 8), look=True)
+    mean_look.look.copy_(c.look)
+    mean_look.stats.copy_(c.stats)
+    assert float(mean_look.look_loss(one_kind)) < 1e-6  # what the mean look asks is met already
+    assert float(c.look_loss(real)) < 1e-6
+    with pytest.raises(ValueError, match="look_by 'median'"):
+        LesionCensus(DiscTrunk([1, 8, 8], [4, 8], 8), look=True, look_by="median")
+    full = resume_matches_full(tmp_path, {"g_lesion_share": 0.5, "g_lesion_share_by": "count",
+                                          "g_lesion_look": 1.0, "g_lesion_look_by": "quantiles"})
+    assert full.history["train/census_real_lesion_logit_spread"]
+    r = tiny_recipe("gan", steps=2)
+    r["model"] = {**r["model"], "g_atlas": str(tmp_path / "atlas"), "g_lesion_share": 0.5,
+                  "g_lesion_share_by": "count", "g_lesion_look_by": "quantiles"}
+    with pytest.raises(RecipeError, match=r"g_lesion_look_by: quantiles needs g_lesion_look > 0"):
+        from_mapping(r)

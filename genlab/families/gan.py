@@ -110,7 +110,8 @@ class GAN(Family):
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         self._ac_real_ce: torch.Tensor | None = None  # D's class-head CE on the last real batch
         self._real_pooled: torch.Tensor | None = None  # g_lesion_share_by features: the real side
-        self.census = (LesionCensus(DiscTrunk(**self._trunk_args), look=cfg.g_lesion_look > 0)  # not D's
+        self.census = (LesionCensus(DiscTrunk(**self._trunk_args), look=cfg.g_lesion_look > 0,
+                                    look_by=cfg.g_lesion_look_by)  # not D's
                        if cfg.g_lesion_share_by == "count" else None)
         # The judge is a fixed function, kept out of the state_dict (a plain dict attribute).
         self.judge_name, judge = build_fid_judge(cfg.fid_extractor, info)

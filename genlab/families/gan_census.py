@@ -32,6 +32,12 @@ target). The census does score lesions, so G may be pulled toward lesions it sco
 the real slices it counts lesion-bearing:
 the mean logit of G's with-lesion renders to that of the real slices above t_Q, the gap in units
 of the distance between those real slices and G's healthy twins (both moving averages).
+A mean is met by one kind of lesion that scores as the average one (measured, hard slices, step
+2,000: the census scores real A 10.0, B 6.4, C 3.8 on average, and G's with-lesion renders 6.2,
+q10-q90 3.5-8.5, where the real lesion slices span 0.8-14.8; the judge called 80 % of them A and
+none C). With `look_by="quantiles"` G matches LOOK_QUANTILES quantiles of those real scores
+instead (each a moving average; G's batch quantiles carry its graph): its lesions must spread
+from faint to strong as the real ones do.
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ from torch import nn
 DECAY = 0.95  # the counts' moving average: ~20 steps, ~640 real slices
 MIN_GAP = 0.3  # tpr - fpr below this: the head does not yet see lesions; no estimate
 Q = 0.95  # the healthy twins' quantile a real slice must score below to count as healthy
+LOOK_QUANTILES = 8  # look_by quantiles: the levels (i + 1/2) / 8 of the real lesion slices' scores
 
 
 class LesionCensus(nn.Module):
@@ -50,8 +57,10 @@ class LesionCensus(nn.Module):
     continues them. stats = [the share of real slices scoring below the twins' Q-quantile, tpr,
     fpr (the head's hits on G's pairs at logit 0)], each a moving average; seen = updates so far."""
 
-    def __init__(self, trunk: nn.Module, look: bool = False):
+    def __init__(self, trunk: nn.Module, look: bool = False, look_by: str = "mean"):
         super().__init__()
+        if look_by not in ("mean", "quantiles"):
+            raise ValueError(f"look_by {look_by!r}: expected mean or quantiles")
         self.trunk = trunk
         with torch.no_grad():
             pooled = trunk.forward_pooled(torch.zeros(1, *trunk.in_shape))[1].shape[1]
@@ -60,7 +69,11 @@ class LesionCensus(nn.Module):
         self.register_buffer("seen", torch.zeros(()))
         if look:  # [the real slices above t_Q, G's healthy twins]: their mean logits
             self.register_buffer("look", torch.zeros(2))
-        self.has_look = look
+        if look and look_by == "quantiles":  # the real lesion slices' score quantiles
+            self.register_buffer("look_q", torch.zeros(LOOK_QUANTILES))
+            self.register_buffer("levels", (torch.arange(LOOK_QUANTILES) + 0.5) / LOOK_QUANTILES,
+                                 persistent=False)
+        self.has_look, self.look_by = look, look_by
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B,) lesion logits of x (as D sees it)."""
@@ -102,6 +115,14 @@ class LesionCensus(nn.Module):
             real_mean = torch.where(above.any(), (real_logit * above).sum() / above.sum().clamp_min(1),
                                     self.look[0])
             self.look.mul_(keep).add_((1 - keep) * torch.stack([real_mean, without_logit.mean()]))
+            if self.look_by == "quantiles":  # fewer than 2 such slices: the average keeps its value
+                picked = torch.where(above, real_logit, real_logit.new_tensor(float("nan")))
+                q = torch.nanquantile(picked.float(), self.levels)
+                q = torch.where(above.sum() >= 2, q, self.look_q)
+                self.look_q.mul_(keep).add_((1 - keep) * q)
+                g = torch.quantile(with_logit.float(), self.levels)  # the same range of G's batch
+                out["census_g_lesion_logit_spread"] = g[-1] - g[0]
+                out["census_real_lesion_logit_spread"] = self.look_q[-1] - self.look_q[0]
             out.update(census_real_lesion_logit=self.look[0].clone(),
                        census_healthy_twin_logit=self.look[1].clone(),
                        census_g_lesion_logit=with_logit.mean())
@@ -124,7 +145,11 @@ class LesionCensus(nn.Module):
         distance from the healthy twins, once there is a count. with_logit carries G's graph."""
         real, healthy = self.look
         _, counts = self.estimate()
-        return counts * ((with_logit.mean() - real) / (real - healthy).abs().clamp_min(1.0)).pow(2)
+        unit = (real - healthy).abs().clamp_min(1.0)
+        if self.look_by == "quantiles":
+            gap = torch.quantile(with_logit.float(), self.levels) - self.look_q
+            return counts * (gap / unit).pow(2).mean()
+        return counts * ((with_logit.mean() - real) / unit).pow(2)
 
 
-__all__ = ["DECAY", "MIN_GAP", "LesionCensus", "Q"]
+__all__ = ["DECAY", "LOOK_QUANTILES", "MIN_GAP", "LesionCensus", "Q"]

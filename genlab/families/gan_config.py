@@ -146,6 +146,10 @@ class GANConfig:
                                  "pulling the census's mean score of its with-lesion renders to "
                                  "that of the real slices the census counts lesion-bearing (0: off; "
                                  "genlab.families.gan_census)")
+    g_lesion_look_by: Literal["mean", "quantiles"] = param(
+        "mean", help="g_lesion_look: what of the census's scores G matches, the mean (one kind "
+        "of lesion that scores as the average one satisfies it) or 8 quantiles (the spread too: "
+        "strong lesions and faint ones in the real slices' proportions)")
     ac_pool: Literal["max", "max+mean"] = param("max", help="how D's class head (ac_weight) pools "
                                                 "each conv map over positions: max (is there a "
                                                 "blob), or max+mean (and how many)")
@@ -192,6 +196,8 @@ class GANConfig:
         if self.g_lesion_look and self.g_lesion_share_by != "count":
             raise ValueError(f"g_lesion_look: {self.g_lesion_look} needs g_lesion_share_by: count (the "
                              f"census it reads), got {self.g_lesion_share_by!r}")
+        if self.g_lesion_look_by != "mean" and not self.g_lesion_look:
+            raise ValueError(f"g_lesion_look_by: {self.g_lesion_look_by} needs g_lesion_look > 0")
         if self.g_lesion_share_by != "adversarial" and self.g_lesion_share is None:
             raise ValueError(f"g_lesion_share_by: {self.g_lesion_share_by} needs g_lesion_share")
         if self.g_lesion_share is not None and (self.conditional or self.g_atlas is None):
