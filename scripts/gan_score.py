@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 import genlab
+from genlab.core.errors import GenlabError
 from genlab.data.sampler import eval_batches
 
 
@@ -78,4 +80,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GenlabError as e:  # a bad run folder, key or checkpoint: one line, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
