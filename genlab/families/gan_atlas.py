@@ -52,6 +52,8 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
         args["layout"] = layout
     if cfg.g_lesion_gain is not None:
         args["lesion_gain"] = [float(v) for v in cfg.g_lesion_gain]
+    if cfg.g_lesion_profile != "gaussian":
+        args["profile"] = cfg.g_lesion_profile
     if cfg.g_lesion_gain_draw:
         args["gain_draw"] = True
     if cfg.g_noise_range is not None:

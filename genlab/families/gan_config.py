@@ -124,6 +124,10 @@ class GANConfig:
                                                    "a lattice layout: class name -> the least spacing "
                                                    "(px) of its lattice, e.g. {B: 6} (classes not named: "
                                                    "3, the least G may draw)")
+    g_lesion_profile: Literal["gaussian", "ramp"] = param(
+        "gaussian", help="g_atlas: the shape of a lesion disc: gaussian (a saturated Gaussian, "
+        "overlapping discs add up) or ramp (a flat disc whose edge falls linearly, the brightest "
+        "disc wins where discs overlap; g_lesion_min_sigma then bounds its radius)")
     g_lesion_gain_draw: bool = param(False, help="g_atlas: each image's lesion gain drawn uniformly "
                                      "in g_lesion_gain, as the factory draws its tumours', not "
                                      "learnt (needs g_lesion_gain)")
@@ -185,6 +189,9 @@ class GANConfig:
         if (self.g_anatomy_residual or self.g_lesion_min_count) and self.g_atlas is None:
             raise ValueError(f"g_anatomy_residual: {self.g_anatomy_residual} and g_lesion_min_count: "
                              f"{self.g_lesion_min_count} need g_atlas (they shape the atlas G)")
+        if self.g_lesion_profile != "gaussian" and self.g_atlas is None:
+            raise ValueError(f"g_lesion_profile: {self.g_lesion_profile} needs g_atlas (it shapes the "
+                             f"atlas G's lesions)")
         if self.g_lesion_gain_draw and (self.g_atlas is None or self.g_lesion_gain is None):
             raise ValueError(f"g_lesion_gain_draw: true needs g_atlas and g_lesion_gain (the range it "
                              f"draws in; got g_atlas: {self.g_atlas}, g_lesion_gain: {self.g_lesion_gain})")

@@ -57,6 +57,9 @@ G drew 2-3 discs in every sample (the count is a smooth function of z, one numbe
 every z), where the data leave one slice in four without a tumour. `forward(..., pair=True)`
 renders each latent both ways, so the GAN family can give the share the exact derivative of G's
 expected loss: the difference D makes between the sample with and without its lesions.
+`profile` "ramp" draws each disc as a flat disc with a linear soft edge, the brightest disc winning
+where they overlap (genlab.nn.gan_lesion_profile), instead of the saturated Gaussian sum; the
+disc's sigma is then its radius and its amplitude its opacity.
 `anatomy_maps` adds a learnt residual to the template, the same for every class (genlab.nn.gan_anatomy:
 the atlas's misfit, which real healthy slices carry); `min_count` and `min_sigma` a least disc
 count, a least disc sigma and a least lattice spacing per class.
@@ -70,6 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.nn import gan_lesion_layout as layout_
+from genlab.nn import gan_lesion_profile as profile_
 from genlab.nn.atlas import Atlas
 from genlab.nn.bounded import FloorComeBack, between, inverse_between, st_clamp
 from genlab.nn.gan_anatomy import AnatomyResidual, warp_like_atlas
@@ -105,6 +109,7 @@ COUNT_SCALE = 4.0
 SHARE_SCALE = 10.0
 ATLAS_GENERATOR_BUILDER = "gan_atlas_generator"  # its exported bundles' "builder"
 LAYOUTS = ("slots", "lattice")
+PROFILES = ("gaussian", "ramp")
 
 
 def into_disc(q: torch.Tensor) -> torch.Tensor:
@@ -128,8 +133,14 @@ class AtlasGenerator(nn.Module):
                  lesion_gain: tuple[float, float] | None = None, anatomy_maps: int = 0,
                  min_count: list[float] | None = None, min_sigma: list[float] | None = None,
                  min_spacing: list[float] | None = None, lesion_share: float | None = None,
-                 gain_draw: bool = False, noise_range: tuple[float, float] | None = None):
+                 gain_draw: bool = False, noise_range: tuple[float, float] | None = None,
+                 profile: str = "gaussian"):
         super().__init__()
+        if profile not in PROFILES:
+            raise ValueError(f"profile: expected one of {', '.join(PROFILES)}, got {profile!r}")
+        self.profile = profile
+        # what a disc's sigma and amplitude mean: (sigma range, its start), (log amp range, start)
+        self._size = (SIGMA, 1.5) if profile == "gaussian" else (profile_.RADIUS, profile_.INIT_RADIUS)
         c, h, w = (int(v) for v in out_shape)
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
         # a name: every class; a list: one per class (the same key in a bundle either way)
@@ -193,10 +204,13 @@ class AtlasGenerator(nn.Module):
         self.slot_out = nn.Linear(64, 4)  # per disc: offset x, y, log sigma (px), log amplitude
         self._init_gain = init_gain
         self._init_heads()
+        if profile == "ramp":  # the soft edge, e = e0 + k r: two numbers for every disc and image
+            self.edge = nn.Parameter(torch.tensor([inverse_between(profile_.INIT_EDGE[0], profile_.EDGE_0),
+                                                   inverse_between(profile_.INIT_EDGE[1], profile_.EDGE_K)]))
         # the options below hold no weights or are created last: off, G draws the same initial weights
         # per class, the least number of discs (a floor under the count) and the least disc sigma
         self.min_count = self._per_class("min_count", min_count, num_classes, 0, self.slots, True)
-        self.min_sigma = self._per_class("min_sigma", min_sigma, num_classes, SIGMA[0], SIGMA[1], False)
+        self.min_sigma = self._per_class("min_sigma", min_sigma, num_classes, *self._size[0], False)
         self.min_spacing = self._per_class("min_spacing", min_spacing, num_classes, *layout_.SPACING, False)
         self.anatomy = (AnatomyResidual(anatomy_maps, list(self.atlas.template.shape[1:]), code_dim)
                         if anatomy_maps else None)
@@ -239,8 +253,10 @@ class AtlasGenerator(nn.Module):
         if self.per_class:
             bias.append(spacing)
         self.area.bias.copy_(torch.tensor(bias))
-        self.slot_out.bias.copy_(torch.tensor([0.0, 0.0, inverse_between(1.5, SIGMA),
-                                               inverse_between(3.0, LOG_AMP)]))
+        size, init_size = self._size
+        amp = (inverse_between(3.0, LOG_AMP) if self.profile == "gaussian"
+               else inverse_between(profile_.INIT_OPACITY, profile_.OPACITY))
+        self.slot_out.bias.copy_(torch.tensor([0.0, 0.0, inverse_between(init_size, size), amp]))
         if self.noise_amp is not None:
             nn.init.zeros_(self.noise_amp.weight)
             self.noise_amp.bias.fill_(math.log(math.expm1(0.025)))  # softplus -> 0.025
@@ -296,7 +312,8 @@ class AtlasGenerator(nn.Module):
     def draw_discs(self, h: torch.Tensor, u_area: torch.Tensor, u_slots: torch.Tensor,
                    u_angle: torch.Tensor | None = None, y: torch.Tensor | None = None):
         """(centres (B, K, 2) normalised template coordinates, sigma (B, K) px, amp (B, K)
-        (0 for a disc that is off), lesion gain (B,)). u_angle (B,): the lattice layout's turn;
+        (0 for a disc that is off), lesion gain (B,)); profile ramp: the radius (px) and the opacity
+        in their place. u_angle (B,): the lattice layout's turn;
         y (B,): the classes, which pick each image's layout when it is chosen per class."""
         a = self.area(h)
         s = self.slot_out(F.leaky_relu(self.slot_h(h)[:, None] + self.slot_in(
@@ -312,7 +329,7 @@ class AtlasGenerator(nn.Module):
             centres = torch.where(on_lattice, self._lattice_centres(a, reach, u_area, u_slots, u_angle, y),
                                   self._slot_centres(a, s, reach, u_area, u_slots))
         # per class, [its least sigma, SIGMA's top]: B's medium discs, not G's 0.5 px dots
-        sigma = between(s[..., 2], self._class_range("min_sigma", SIGMA, y))
+        sigma = between(s[..., 2], self._class_range("min_sigma", self._size[0], y))
         # disc k is on while k < count: one number per image sets how many, and the disc at the
         # boundary always passes a gradient to it. The floor keeps that boundary disc within
         # reach (count >= -0.5: disc 0 at 3e-4 of its amplitude, not at 0): a class whose discs
@@ -327,6 +344,9 @@ class AtlasGenerator(nn.Module):
             floor = 1.0
         count = st_clamp(FloorComeBack.apply(COUNT_SCALE * a[:, 2:3], floor), None, float(self.slots))
         on = torch.sigmoid(COUNT_SHARPNESS * (count - self.slot_index - 0.5))
+        if self.profile == "ramp":
+            opacity = between(s[..., 3], profile_.OPACITY) * on
+            return centres, sigma, opacity, between(a[:, 1], self.gain_range)
         amp = torch.exp(between(s[..., 3], LOG_AMP)) * on
         return centres, sigma, amp, between(a[:, 1], self.gain_range)
 
@@ -372,6 +392,13 @@ class AtlasGenerator(nn.Module):
         gy = torch.exp(-((yt[:, None] - centres[..., 1:2]) * (h / 2)).pow(2) * inv)  # (B, K, H)
         return torch.einsum("bkh,bkw->bhw", amp[..., None] * gy, gx)
 
+    def lesion_alpha(self, pose, centres, sigma, amp) -> torch.Tensor:
+        """(B, H, W) in [0, 1]: how much of the lesion gain each pixel carries."""
+        if self.profile == "gaussian":
+            return -torch.expm1(-self.lesion_sum(pose, centres, sigma, amp))
+        edge = (between(self.edge[0], profile_.EDGE_0) + between(self.edge[1], profile_.EDGE_K) * sigma)
+        return profile_.ramp_discs(pose, centres, sigma, edge, amp, tuple(self.out_shape[1:]))
+
     def noise(self, u: torch.Tensor, amp: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W): amp times a window of the bank, its first row chosen by u (normal)."""
         _, h, _ = self.out_shape
@@ -415,12 +442,15 @@ class AtlasGenerator(nn.Module):
             if self.gain_draw:
                 lo, hi = self.gain_range
                 gain = lo + (hi - lo) * torch.special.ndtr(parts["gain"].float())
-            s = self.lesion_sum(pose, centres, sigma, amp)
-            lesions = (gain.view(-1, 1, 1) * -torch.expm1(-s))[:, None]
-            self.last_stats = {"g_lesion_discs": (amp > 1).float().sum(1).mean().detach(),
+            lesions = (gain.view(-1, 1, 1) * self.lesion_alpha(pose, centres, sigma, amp))[:, None]
+            seen = 1.0 if self.profile == "gaussian" else profile_.OPACITY[0] / 2  # a disc that is on
+            self.last_stats = {"g_lesion_discs": (amp > seen).float().sum(1).mean().detach(),
                                "g_lesion_gain": gain.mean().detach(),
                                "g_disc_sigma": sigma.mean().detach(),
                                "g_area_reach": between(self.area_reach.detach(), AREA_REACH)}
+            if self.profile == "ramp":
+                self.last_stats["g_disc_edge0"] = between(self.edge[0].detach(), profile_.EDGE_0)
+                self.last_stats["g_disc_edge_k"] = between(self.edge[1].detach(), profile_.EDGE_K)
             if self.noise_range is None:
                 noise_amp = F.softplus(self.noise_amp(z))
             else:
@@ -441,4 +471,4 @@ class AtlasGenerator(nn.Module):
             return torch.where(on.view(-1, 1, 1, 1), with_lesions, base)
 
 
-__all__ = ["ATLAS_GENERATOR_BUILDER", "LAYOUTS", "AtlasGenerator", "into_disc", "uniform_in_disc"]
+__all__ = ["ATLAS_GENERATOR_BUILDER", "LAYOUTS", "PROFILES", "AtlasGenerator", "into_disc", "uniform_in_disc"]
