@@ -13,7 +13,8 @@ A measurement, not a training: it loads a finished run of the atlas generator
                  most of it (t < 0: away from k), the share in the top 10 PCs of the real features, the
                  samples' feature spread against the real (trace of the covariances), and the
                  judge's logit for c on the samples against on real c (over-confident samples)
-  3 generator    G's lesion parameters per class: discs on, their sigma, the lesion gain, the
+  3 generator    G's lesion parameters per class: discs on, their sigma (radius) and amplitude
+                 (opacity: g_lesion_profile ramp), the lesion gain, the
                  gain's logit and the share of the gradient its sigmoid passes there (1 at 0)
   4 images       simple statistics per class of real and generated slices (residual to the atlas)
   5 real, one change   FD of real slices with one property changed, each alone (the exact tumour
@@ -185,9 +186,11 @@ def generator_stats(model, names, negative: int) -> dict:
         h = G.trunk(torch.cat([p["z"], G.embed(y)], 1))
         _, sigma, amp, gain = G.draw_discs(h, p["area"], p["slots"], p.get("angle"), y)
         logit = G.area(h)[:, 1]  # the gain is lo + (hi - lo) sigmoid(this): genlab.nn.gan_atlas
-        on = amp > 1
+        ramp = getattr(G, "profile", "gaussian") == "ramp"  # sigma: the radius, amp: the opacity
+        on = amp > (0.25 if ramp else 1)
         out[name] = {"discs": float(on.float().sum(1).mean()),
                      "sigma_px": float(sigma[on].mean()) if on.any() else math.nan,
+                     "amp": float(amp[on].mean()) if on.any() else math.nan,
                      "lesion_gain": float(gain.mean()), "gain_logit": float(logit.median()),
                      "gain_grad_share": float((4 * torch.sigmoid(logit) * torch.sigmoid(-logit)).mean())}
     return out
@@ -408,7 +411,8 @@ def main() -> None:
              ["step", "class", "t along healthy->c", "share of shift² along it",
               "class k whose direction c->k holds most of it", "t toward k", "share", "share in top 10 PCs",
               "spread (trace) / real", "judge logit margin: samples", "real"], rows2))
-    print(md("3. G's lesion parameters per class", ["step", "class", "discs on", "sigma px", "lesion gain",
+    print(md("3. G's lesion parameters per class", ["step", "class", "discs on", "sigma px (ramp: radius)",
+                                                     "amplitude (ramp: opacity)", "lesion gain",
                                                      "gain logit", "gradient share"], rows3))
     if "4" in args.only:
         stats_real = image_stats(atlas, x_all[:n], y, names)
