@@ -75,6 +75,11 @@ class GANConfig:
         "which keeps rewarding samples the class head is surer of than of real ones) or real (each "
         "fake's cross-entropy above the real batch's mean only: no pull past the real images' "
         "confidence, against samples that overshoot their class; needs ac_weight > 0)")
+    g_feature_match: float = param(0.0, ge=0, help="the weight of G's feature match: per class "
+                                   "(one class if unconditional), moving averages of D's max- and "
+                                   "mean-pooled conv maps on generated slices pulled to those on "
+                                   "real ones (genlab/families/gan_feature_match.py; 0: off). "
+                                   "Logged: g_feature_gap, the squared gap")
     g_ac_floor_from: int = param(0, ge=0, help="the step from which g_ac_floor applies (before it: "
                                  "the plain class term): D's class head first learns classes it "
                                  "sees only faintly (hard mode), then G stops at its confidence")
