@@ -114,8 +114,8 @@ class GAN(Family):
         self.census = (LesionCensus(DiscTrunk(**self._trunk_args), look=cfg.g_lesion_look > 0,
                                     look_by=cfg.g_lesion_look_by)  # not D's
                        if cfg.g_lesion_share_by == "count" else None)
-        self.feature_match = (ClassFeatureMatch(ncls, 2 * sum(self._trunk_args["channels"]))
-                              if cfg.g_feature_match > 0 else None)
+        pooled = sum(self._trunk_args["channels"]) * (2 if cfg.ac_pool == "max+mean" else 1)
+        self.feature_match = ClassFeatureMatch(ncls, pooled) if cfg.g_feature_match > 0 else None
         # The judge is a fixed function, kept out of the state_dict (a plain dict attribute).
         self.judge_name, judge = build_fid_judge(cfg.fid_extractor, info)
         self._judge = {"net": judge}
@@ -173,6 +173,8 @@ class GAN(Family):
         ac = cfg.ac_weight > 0
         with ctx.autocast():
             d_real, cls_real = self._d(real, y, ac)
+            if self.feature_match is not None:
+                self.feature_match.observe_real(self.D.last_pooled.detach().float(), y)
             d_fake, cls_fake = self._d(fake, y, ac and cfg.ac_fakes != "off")
         loss = d_loss_fn(cfg.loss, d_real, d_fake)
         out = {"d_loss": loss.detach(), "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
@@ -199,19 +201,15 @@ class GAN(Family):
                                            self._view(real.detach()))
             loss = loss + census["d_census_bce"]
             out.update({k: v.detach() for k, v in census.items()})
-        if self.feature_match is not None:  # the real side of G's per-class feature match
-            with torch.no_grad():
-                self.feature_match.observe_real(self._pooled(real.detach(), mean=True), y)
         if self.cfg.g_lesion_share_by == "features":  # the real side of the share's moment match
             with torch.no_grad():
                 self._real_pooled = self._pooled(real.detach()).mean(0)
         ctx.update("d", loss)
         return out
 
-    def _pooled(self, x: torch.Tensor, mean: bool = False) -> torch.Tensor:
-        """D's max-pooled conv maps of x as D sees it (no augmentation): blob detectors' peaks
-        (mean: and the maps' means, how much of each there is)."""
-        return self.D.trunk.forward_pooled(self._view(x), mean)[1].float()
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """D's max-pooled conv maps of x as D sees it (no augmentation): blob detectors' peaks."""
+        return self.D.trunk.forward_pooled(self._view(x))[1].float()
 
     def g_step(self, n: int, y: torch.Tensor | None, ctx: StepContext) -> dict:
         """One generator update through a frozen D, then the EMA update of G_ema."""
@@ -238,9 +236,9 @@ class GAN(Family):
                 ce = g_class_loss(cls_fake, y, floor)
                 loss = loss + self.cfg.ac_weight * ce
                 out.update(g_ac=ce.detach(), g_ac_acc=(cls_fake.argmax(1) == y).float().mean())
-            if self.feature_match is not None:  # the class means of D's features, as the real ones
-                with ctx.autocast():
-                    term, gap = self.feature_match.loss(self._pooled(fake, mean=True), y)
+            if self.feature_match is not None:  # the class means of what D's class head reads of the
+                # fakes (the pooled maps of the same forward: no extra one, D's state as without it)
+                term, gap = self.feature_match.loss(self.D.last_pooled.float(), y)
                 loss = loss + self.cfg.g_feature_match * term
                 out["g_feature_gap"] = gap.detach()
             out.update(getattr(self.G, "last_stats", {}))  # the atlas G: discs on, their gain

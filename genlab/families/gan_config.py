@@ -76,10 +76,10 @@ class GANConfig:
         "fake's cross-entropy above the real batch's mean only: no pull past the real images' "
         "confidence, against samples that overshoot their class; needs ac_weight > 0)")
     g_feature_match: float = param(0.0, ge=0, help="the weight of G's feature match: per class "
-                                   "(one class if unconditional), moving averages of D's max- and "
-                                   "mean-pooled conv maps on generated slices pulled to those on "
-                                   "real ones (genlab/families/gan_feature_match.py; 0: off). "
-                                   "Logged: g_feature_gap, the squared gap")
+                                   "(one class if unconditional), moving averages of the pooled conv "
+                                   "maps D's class head reads (ac_pool) on generated slices pulled to "
+                                   "those on real ones (genlab/families/gan_feature_match.py; needs "
+                                   "ac_weight > 0; 0: off). Logged: g_feature_gap, the squared gap")
     g_ac_floor_from: int = param(0, ge=0, help="the step from which g_ac_floor applies (before it: "
                                  "the plain class term): D's class head first learns classes it "
                                  "sees only faintly (hard mode), then G stops at its confidence")
@@ -176,6 +176,9 @@ class GANConfig:
                              "learns the labels)")
         if self.g_ac_floor != "none" and self.ac_weight == 0:
             raise ValueError(f"g_ac_floor: {self.g_ac_floor} needs ac_weight > 0")
+        if self.g_feature_match and self.ac_weight == 0:
+            raise ValueError(f"g_feature_match: {self.g_feature_match} needs ac_weight > 0 (it matches "
+                             f"the pooled conv maps D's class head reads)")
         if self.g_ac_floor_from and self.g_ac_floor == "none":
             raise ValueError(f"g_ac_floor_from: {self.g_ac_floor_from} needs g_ac_floor: real")
         if self.ac_fakes != "off" and self.ac_weight == 0:

@@ -6,9 +6,10 @@ little off the real class, a disc 10 % too big or too bright. The adversarial lo
 ask for that precision: D's real/fake score stops pushing once the samples pass, and its class
 head once the class is recognisable. Feature matching (Salimans et al. 2016) asks for the first
 moment directly: the mean of D's features over the class's samples should equal the mean over
-its real slices. The features are D's conv maps, max- and mean-pooled over positions (blob
-detectors' peaks and how much of each there is), read from D as it is at each step; the judge
-is never used.
+its real slices. The features are what D's class head reads (its conv maps pooled over
+positions: the maximum, blob detectors' peaks, and with ac_pool max+mean how much of each there
+is), taken from the forward D makes anyway, real and fake, so D's state (its spectral norms'
+power iterations) moves as it would without the term; the judge is never used.
 
 Estimator. A batch holds ~8 slices of a class, and the squared gap of two 8-sample means is
 biased by their variance: its gradient would also shrink G's spread within the class (a push

@@ -192,6 +192,7 @@ class Discriminator(nn.Module):
         if self.classify is None:
             raise ValueError("with_class=True, but this discriminator has no auxiliary classifier")
         feats, pooled = self.trunk.forward_pooled(x, self.ac_mean)
+        self.last_pooled = pooled  # what the class head read: a GAN's feature match reuses it
         return self.head(feats, y), self.classify(pooled)
 
 
