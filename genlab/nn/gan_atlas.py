@@ -139,7 +139,7 @@ class AtlasGenerator(nn.Module):
         if profile not in PROFILES:
             raise ValueError(f"profile: expected one of {', '.join(PROFILES)}, got {profile!r}")
         self.profile = profile
-        # what a disc's sigma and amplitude mean: (sigma range, its start), (log amp range, start)
+        # a disc's size (gaussian: its sigma; ramp: its radius), px: (its range, where it starts)
         self._size = (SIGMA, 1.5) if profile == "gaussian" else (profile_.RADIUS, profile_.INIT_RADIUS)
         c, h, w = (int(v) for v in out_shape)
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
