@@ -170,19 +170,25 @@ def test_a_gated_g_is_scored_on_both_twins_of_its_samples(judge_run, tmp_path):
     assert out["lesion_rate_g_without"] == gen_metrics.lesion_rate(without, negative)
 
 
-def test_best_checkpoint_chosen_on_agreement(judge_run, tmp_path):
+@pytest.mark.parametrize("best_on", ["agreement", "lesion_fd"])
+def test_best_checkpoint_chosen_on_the_lesion_judge(judge_run, tmp_path, best_on):
+    """best.pt holds the evaluation with the highest agreement, or the lowest lesion-judge FD
+    ratio: the value it records is that extreme of the run's evaluations."""
     r = _gan_recipe(judge_run / "judge", steps=4)
-    r["model"]["best_on"] = "agreement"
+    r["model"]["best_on"] = best_on
     r["log"].update(eval_every=2)
     t = _quiet_run(r, tmp_path)
-    assert t.model.monitor == ("agreement_mean", "max")
+    name, mode = t.model.monitor
+    want = "agreement_mean" if best_on == "agreement" else f"fid_ratio/{t.model._lesion.judge.name}"
+    assert (name, mode) == (want, "max" if best_on == "agreement" else "min")
     best = torch.load(t.run_dir / "checkpoints" / "best.pt", weights_only=True)
-    assert best["monitor"] == "agreement_mean"
-    seen = [v for _, v in t.history["eval/agreement_mean"]]
-    assert best["value"] == pytest.approx(max(seen))
+    assert best["monitor"] == want
+    seen = [v for _, v in t.history[f"eval/{want}"]]
+    assert len(seen) == 2
+    assert best["value"] == pytest.approx(max(seen) if mode == "max" else min(seen))
     bad = tiny_recipe("gan", steps=1)
-    bad["model"] = {**bad["model"], "conditional": True, "best_on": "agreement"}
-    with pytest.raises(RecipeError, match="best_on: agreement needs .*lesion_judge"):
+    bad["model"] = {**bad["model"], "conditional": True, "best_on": best_on}
+    with pytest.raises(RecipeError, match=f"best_on: {best_on} needs .*lesion_judge"):
         from_mapping(bad)
 
 

@@ -162,10 +162,11 @@ class GANConfig:
     ac_pool: Literal["max", "max+mean"] = param("max", help="how D's class head (ac_weight) pools "
                                                 "each conv map over positions: max (is there a "
                                                 "blob), or max+mean (and how many)")
-    best_on: Literal["fid", "agreement"] = param("fid", help="what checkpoints/best.pt is chosen on: "
-                                                 "the lowest Frechet distance under fid_extractor, or "
-                                                 "the highest mean agreement under lesion_judge "
-                                                 "(needs conditional and a lesion_judge)")
+    best_on: Literal["fid", "agreement", "lesion_fd"] = param(
+        "fid", help="what checkpoints/best.pt is chosen on: the lowest Frechet distance under "
+        "fid_extractor, the highest mean agreement under lesion_judge (needs conditional), or the "
+        "lowest Frechet distance under lesion_judge over its real-vs-real floor (lesion_fd; needs "
+        "a lesion_judge)")
 
     def __post_init__(self):
         if self.g_class_norm and not (self.conditional and self.g_norm == "batch"):
@@ -188,6 +189,8 @@ class GANConfig:
                              f"(got g_class_norm: {self.g_class_norm}, g_full_res: {self.g_full_res})")
         if self.d_atlas_view > 0 and self.g_atlas is None:
             raise ValueError(f"d_atlas_view: {self.d_atlas_view} needs g_atlas (the atlas it compares with)")
+        if self.best_on == "lesion_fd" and self.lesion_judge is None:
+            raise ValueError("best_on: lesion_fd needs a lesion_judge (got lesion_judge: None)")
         if self.best_on == "agreement" and not (self.conditional and self.lesion_judge is not None):
             raise ValueError("best_on: agreement needs conditional: true and a lesion_judge (got "
                              f"conditional: {self.conditional}, lesion_judge: {self.lesion_judge})")
