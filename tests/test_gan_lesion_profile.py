@@ -9,11 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_gan_atlas import _atlas_export, _recipe, resume_matches_full
+from test_gan_atlas import _atlas_export, _head, _recipe, resume_matches_full
 
 from genlab.core.errors import RecipeError
 from genlab.core.recipe import from_mapping
 from genlab.engine.trainer import Trainer
+from genlab.nn.gan_atlas import AtlasGenerator
 from genlab.nn.gan_blocks import load_generator
 from genlab.nn.gan_lesion_profile import ramp_discs
 
@@ -90,3 +91,72 @@ def test_a_ramp_recipe_trains_the_edge_resumes_exports_and_bad_values_name_the_k
     plain["model"]["g_lesion_profile"] = "ramp"
     with pytest.raises(RecipeError, match="g_lesion_profile: ramp needs g_atlas"):
         from_mapping(plain)
+
+
+def test_a_profile_per_class_draws_each_class_as_its_single_profile_g_would():
+    """Class A on ramps, B and C Gaussian: each class's discs and images are those of a G of its
+    one profile with the same weights (the ramp G's size and amplitude biases moved by what the
+    mixed G adds for its ramp classes), and the ramp classes start where a ramp G starts."""
+    mixed = AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, num_classes=3, slots=12,
+                           profile=["ramp", "gaussian", "gaussian"], min_sigma=[1.0, 0.5, 0.8])
+    with torch.no_grad():
+        mixed.atlas.template.copy_(_head(32, 24, 2))
+        mixed.slot_out.weight.normal_(std=0.5)
+    mixed.fit_template_frame()
+    single = {}
+    for name in ("ramp", "gaussian"):
+        g = AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, num_classes=3, slots=12, profile=name,
+                           min_sigma=[1.0, 0.5, 0.8])
+        g.load_state_dict(mixed.state_dict(), strict=name == "ramp")  # the Gaussian G has no edge
+        if name == "ramp":
+            with torch.no_grad():
+                g.slot_out.bias.add_(mixed.class_logit_offset[0])
+        g.fit_template_frame()
+        single[name] = g
+    torch.manual_seed(3)
+    latent, y = torch.randn(12, mixed.z_dim), torch.arange(12) % 3
+    a = y == 0
+    with torch.no_grad():
+        fresh = AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, num_classes=3, slots=12, profile="ramp")
+        parts = mixed.split_latent(latent)
+        h = mixed.trunk(torch.cat([parts["z"], mixed.embed(y)], 1))
+        got = mixed.draw_discs(h, parts["area"], parts["slots"], None, y)
+        ramp = single["ramp"].draw_discs(h, parts["area"], parts["slots"], None, y)
+        gauss = single["gaussian"].draw_discs(h, parts["area"], parts["slots"], None, y)
+        for mine, r, g in zip(got, ramp, gauss):
+            torch.testing.assert_close(mine[a], r[a], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(mine[~a], g[~a], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mixed(latent, y)[a], single["ramp"](latent, y)[a], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mixed(latent, y)[~a], single["gaussian"](latent, y)[~a],
+                                   rtol=1e-5, atol=1e-5)
+        # at step 0 (the heads' weights zero) A's discs have the ramp G's radius and opacity
+        plain = AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, num_classes=3, slots=12,
+                               profile=["ramp", "gaussian", "gaussian"])
+        start = plain.draw_discs(h, parts["area"], parts["slots"], None, y)
+        first = fresh.draw_discs(h, parts["area"], parts["slots"], None, y)
+        torch.testing.assert_close(start[1][a], first[1][a])
+        torch.testing.assert_close(start[2][a], first[2][a])
+    mixed(latent, y).sum().backward()
+    assert float(mixed.edge.grad.abs().sum()) > 0  # A's ramps pass gradients to the shared edge
+    with pytest.raises(ValueError, match="needs the classes"):
+        mixed.draw_discs(h, parts["area"], parts["slots"])
+    with pytest.raises(ValueError, match="one entry per class"):
+        AtlasGenerator([1, 32, 24], [4], 2, code_dim=8, num_classes=3, profile=["ramp", "gaussian"])
+
+
+def test_a_profile_per_class_recipe_trains_resumes_exports_and_bad_classes_name_the_key(tmp_path):
+    model = {"conditional": True, "ac_weight": 1.0, "g_lesion_profile": {"0": "ramp"},
+             "g_lesion_min_sigma": {"3": 0.7}}
+    full = resume_matches_full(tmp_path, model)
+    g = full.model.G
+    assert g.profile == ["ramp"] + ["gaussian"] * (len(g.profile) - 1) and len(g.profile) > 2
+    gen = load_generator(full.model.export_generator(tmp_path / "gen"))
+    assert gen.profile == g.profile
+    z, y = torch.randn(4, gen.z_dim), torch.arange(4)
+    torch.testing.assert_close(gen(z, y), full.model.G_ema.eval()(z, y))
+    with pytest.raises(RecipeError, match="g_lesion_profile.*unknown class 'X'"):
+        bad = {**model, "g_lesion_profile": {"X": "ramp"}}
+        Trainer(from_mapping(_recipe(_atlas_export(tmp_path / "c"), 2, bad)), out_root=tmp_path / "runs_c",
+                quiet=True)
+    with pytest.raises(RecipeError, match="a profile per class needs conditional"):
+        from_mapping(_recipe(_atlas_export(tmp_path / "d"), 2, {"g_lesion_profile": {"0": "ramp"}}))

@@ -52,8 +52,9 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
         args["layout"] = layout
     if cfg.g_lesion_gain is not None:
         args["lesion_gain"] = [float(v) for v in cfg.g_lesion_gain]
-    if cfg.g_lesion_profile != "gaussian":
-        args["profile"] = cfg.g_lesion_profile
+    profile = layouts_per_class(cfg.g_lesion_profile, info.class_names, "model.g_lesion_profile", "gaussian")
+    if profile != "gaussian":
+        args["profile"] = profile
     if cfg.g_lesion_gain_draw:
         args["gain_draw"] = True
     if cfg.g_noise_range is not None:
@@ -82,17 +83,19 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
     return gen, args
 
 
-def layouts_per_class(layout: str | dict[str, str], class_names) -> str | list[str]:
-    """model.g_lesion_layout as the generator takes it: a name as it is; a mapping of class
-    names to layouts as one layout per class of the data, in class order, slots where unnamed."""
+def layouts_per_class(layout: str | dict[str, str], class_names, key: str = "model.g_lesion_layout",
+                      unnamed: str = "slots") -> str | list[str]:
+    """model.g_lesion_layout (or g_lesion_profile) as the generator takes it: a name as it is; a
+    mapping of class names to names as one per class of the data, in class order, `unnamed`
+    where a class is not named."""
     if isinstance(layout, str):
         return layout
     names = [str(c) for c in class_names]
     unknown = [c for c in layout if c not in names]
     if unknown:
-        raise RecipeError("model.g_lesion_layout", f"unknown class {unknown[0]!r} in {layout}; "
+        raise RecipeError(key, f"unknown class {unknown[0]!r} in {layout}; "
                           f"expected class names of the data: {', '.join(names)}")
-    return [layout.get(c, "slots") for c in names]
+    return [layout.get(c, unnamed) for c in names]
 
 
 def per_class_counts(counts: dict[str, float], class_names, key: str = "model.g_lesion_min_count",

@@ -129,10 +129,12 @@ class GANConfig:
                                                    "a lattice layout: class name -> the least spacing "
                                                    "(px) of its lattice, e.g. {B: 6} (classes not named: "
                                                    "3, the least G may draw)")
-    g_lesion_profile: Literal["gaussian", "ramp"] = param(
+    g_lesion_profile: Literal["gaussian", "ramp"] | dict[str, Literal["gaussian", "ramp"]] = param(
         "gaussian", help="g_atlas: the shape of a lesion disc: gaussian (a saturated Gaussian, "
         "overlapping discs add up) or ramp (a flat disc whose edge falls linearly, the brightest "
-        "disc wins where discs overlap; g_lesion_min_sigma then bounds its radius)")
+        "disc wins where discs overlap; g_lesion_min_sigma then bounds its radius); or per class, "
+        "a mapping of class names to profiles, e.g. {A: ramp}, the classes not named gaussian "
+        "(needs conditional)")
     g_lesion_gain_draw: bool = param(False, help="g_atlas: each image's lesion gain drawn uniformly "
                                      "in g_lesion_gain, as the factory draws its tumours', not "
                                      "learnt (needs g_lesion_gain)")
@@ -200,6 +202,10 @@ class GANConfig:
         if (self.g_anatomy_residual or self.g_lesion_min_count) and self.g_atlas is None:
             raise ValueError(f"g_anatomy_residual: {self.g_anatomy_residual} and g_lesion_min_count: "
                              f"{self.g_lesion_min_count} need g_atlas (they shape the atlas G)")
+        if isinstance(self.g_lesion_profile, dict) and not (self.conditional and self.g_lesion_profile):
+            raise ValueError(f"g_lesion_profile: a profile per class needs conditional: true and at "
+                             f"least one class (got {self.g_lesion_profile}, conditional: "
+                             f"{self.conditional})")
         if self.g_lesion_profile != "gaussian" and self.g_atlas is None:
             raise ValueError(f"g_lesion_profile: {self.g_lesion_profile} needs g_atlas (it shapes the "
                              f"atlas G's lesions)")

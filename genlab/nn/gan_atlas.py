@@ -59,7 +59,9 @@ renders each latent both ways, so the GAN family can give the share the exact de
 expected loss: the difference D makes between the sample with and without its lesions.
 `profile` "ramp" draws each disc as a flat disc with a linear soft edge, the brightest disc winning
 where they overlap (genlab.nn.gan_lesion_profile), instead of the saturated Gaussian sum; the
-disc's sigma is then its radius and its amplitude its opacity.
+disc's sigma is then its radius and its amplitude its opacity. Or one profile per class (a list,
+as for layout): the ramp drew syndrome A's big tumours within 2x the lesion judge's floor, where
+the Gaussian drew C's small ones better.
 `anatomy_maps` adds a learnt residual to the template, the same for every class (genlab.nn.gan_anatomy:
 the atlas's misfit, which real healthy slices carry); `min_count` and `min_sigma` a least disc
 count, a least disc sigma and a least lattice spacing per class.
@@ -134,13 +136,22 @@ class AtlasGenerator(nn.Module):
                  min_count: list[float] | None = None, min_sigma: list[float] | None = None,
                  min_spacing: list[float] | None = None, lesion_share: float | None = None,
                  gain_draw: bool = False, noise_range: tuple[float, float] | None = None,
-                 profile: str = "gaussian"):
+                 profile: str | list[str] = "gaussian"):
         super().__init__()
-        if profile not in PROFILES:
-            raise ValueError(f"profile: expected one of {', '.join(PROFILES)}, got {profile!r}")
-        self.profile = profile
-        # a disc's size (gaussian: its sigma; ramp: its radius), px: (its range, where it starts)
-        self._size = (SIGMA, 1.5) if profile == "gaussian" else (profile_.RADIUS, profile_.INIT_RADIUS)
+        # a name: every class; a list: one per class (as layout)
+        self.profile_per_class = not isinstance(profile, str)
+        profiles = list(profile) if self.profile_per_class else [profile]
+        if not profiles or any(v not in PROFILES for v in profiles):
+            raise ValueError(f"profile: expected one of {', '.join(PROFILES)} (or a list of them, one "
+                             f"per class), got {profile!r}")
+        if self.profile_per_class and len(profiles) != num_classes:
+            raise ValueError(f"profile: a list needs one entry per class ({num_classes}), got {profile!r}")
+        self.profile = profiles if self.profile_per_class else profile
+        self.uses_ramp = "ramp" in profiles
+        # a disc's size (gaussian: its sigma; ramp: its radius), px: (its range, where it starts);
+        # per class, the Gaussian's, the ramp's classes moved to theirs in draw_discs
+        self._size = ((profile_.RADIUS, profile_.INIT_RADIUS) if profile == "ramp"
+                      else (SIGMA, 1.5))
         c, h, w = (int(v) for v in out_shape)
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
         # a name: every class; a list: one per class (the same key in a bundle either way)
@@ -204,7 +215,7 @@ class AtlasGenerator(nn.Module):
         self.slot_out = nn.Linear(64, 4)  # per disc: offset x, y, log sigma (px), log amplitude
         self._init_gain = init_gain
         self._init_heads()
-        if profile == "ramp":  # the soft edge, e = e0 + k r: two numbers for every disc and image
+        if self.uses_ramp:  # the soft edge, e = e0 + k r: two numbers for every disc and image
             self.edge = nn.Parameter(torch.tensor([inverse_between(profile_.INIT_EDGE[0], profile_.EDGE_0),
                                                    inverse_between(profile_.INIT_EDGE[1], profile_.EDGE_K)]))
         # the options below hold no weights or are created last: off, G draws the same initial weights
@@ -212,11 +223,28 @@ class AtlasGenerator(nn.Module):
         self.min_count = self._per_class("min_count", min_count, num_classes, 0, self.slots, True)
         self.min_sigma = self._per_class("min_sigma", min_sigma, num_classes, *self._size[0], False)
         self.min_spacing = self._per_class("min_spacing", min_spacing, num_classes, *layout_.SPACING, False)
+        if self.profile_per_class:
+            self._init_class_profiles(profiles)
         self.anatomy = (AnatomyResidual(anatomy_maps, list(self.atlas.template.shape[1:]), code_dim)
                         if anatomy_maps else None)
         if self.gated:
             self.share_param = nn.Parameter(torch.tensor(math.log(lesion_share / (1 - lesion_share))
                                                          / SHARE_SCALE))
+
+    def _init_class_profiles(self, profiles: list[str]) -> None:
+        """Buffers of a profile per class: which classes draw ramps, the top of their size range,
+        and what their size and amplitude logits add to the shared head's (zero for the Gaussian
+        classes), so each class starts where a G of its one profile starts."""
+        ramp = torch.tensor([v == "ramp" for v in profiles])
+        self.register_buffer("class_ramp", ramp, persistent=False)
+        self.register_buffer("class_size_top", torch.where(ramp, profile_.RADIUS[1], SIGMA[1]),
+                             persistent=False)
+        offset = torch.zeros(len(profiles), 4)
+        offset[ramp, 2] = (inverse_between(profile_.INIT_RADIUS, profile_.RADIUS)
+                           - inverse_between(self._size[1], SIGMA))
+        offset[ramp, 3] = (inverse_between(profile_.INIT_OPACITY, profile_.OPACITY)
+                           - inverse_between(3.0, LOG_AMP))
+        self.register_buffer("class_logit_offset", offset, persistent=False)
 
     def lesion_share(self) -> torch.Tensor | None:
         """The probability that a drawn image carries its lesions (None: every image does)."""
@@ -254,8 +282,8 @@ class AtlasGenerator(nn.Module):
             bias.append(spacing)
         self.area.bias.copy_(torch.tensor(bias))
         size, init_size = self._size
-        amp = (inverse_between(3.0, LOG_AMP) if self.profile == "gaussian"
-               else inverse_between(profile_.INIT_OPACITY, profile_.OPACITY))
+        amp = (inverse_between(profile_.INIT_OPACITY, profile_.OPACITY) if self.profile == "ramp"
+               else inverse_between(3.0, LOG_AMP))
         self.slot_out.bias.copy_(torch.tensor([0.0, 0.0, inverse_between(init_size, size), amp]))
         if self.noise_amp is not None:
             nn.init.zeros_(self.noise_amp.weight)
@@ -328,8 +356,14 @@ class AtlasGenerator(nn.Module):
             on_lattice = self.class_lattice[y][:, None, None]
             centres = torch.where(on_lattice, self._lattice_centres(a, reach, u_area, u_slots, u_angle, y),
                                   self._slot_centres(a, s, reach, u_area, u_slots))
-        # per class, [its least sigma, SIGMA's top]: B's medium discs, not G's 0.5 px dots
-        sigma = between(s[..., 2], self._class_range("min_sigma", self._size[0], y))
+        if self.profile_per_class:  # the ramp classes: their logits and range (a radius, an opacity)
+            if y is None:
+                raise ValueError("profiles per class: draw_discs needs the classes y")
+            s = s + self.class_logit_offset[y][:, None]
+            lo = self._class_range("min_sigma", self._size[0], y)[0]
+            sigma = between(s[..., 2], (lo, self.class_size_top[y][:, None]))
+        else:  # per class, [its least sigma, SIGMA's top]: B's medium discs, not G's 0.5 px dots
+            sigma = between(s[..., 2], self._class_range("min_sigma", self._size[0], y))
         # disc k is on while k < count: one number per image sets how many, and the disc at the
         # boundary always passes a gradient to it. The floor keeps that boundary disc within
         # reach (count >= -0.5: disc 0 at 3e-4 of its amplitude, not at 0): a class whose discs
@@ -348,6 +382,8 @@ class AtlasGenerator(nn.Module):
             opacity = between(s[..., 3], profile_.OPACITY) * on
             return centres, sigma, opacity, between(a[:, 1], self.gain_range)
         amp = torch.exp(between(s[..., 3], LOG_AMP)) * on
+        if self.profile_per_class:
+            amp = torch.where(self.class_ramp[y][:, None], between(s[..., 3], profile_.OPACITY) * on, amp)
         return centres, sigma, amp, between(a[:, 1], self.gain_range)
 
     def _class_range(self, name: str, lo_hi: tuple[float, float], y) -> tuple:
@@ -392,12 +428,24 @@ class AtlasGenerator(nn.Module):
         gy = torch.exp(-((yt[:, None] - centres[..., 1:2]) * (h / 2)).pow(2) * inv)  # (B, K, H)
         return torch.einsum("bkh,bkw->bhw", amp[..., None] * gy, gx)
 
-    def lesion_alpha(self, pose, centres, sigma, amp) -> torch.Tensor:
-        """(B, H, W) in [0, 1]: how much of the lesion gain each pixel carries."""
-        if self.profile == "gaussian":
-            return -torch.expm1(-self.lesion_sum(pose, centres, sigma, amp))
-        edge = (between(self.edge[0], profile_.EDGE_0) + between(self.edge[1], profile_.EDGE_K) * sigma)
-        return profile_.ramp_discs(pose, centres, sigma, edge, amp, tuple(self.out_shape[1:]))
+    def lesion_alpha(self, pose, centres, sigma, amp, y=None) -> torch.Tensor:
+        """(B, H, W) in [0, 1]: how much of the lesion gain each pixel carries (y: the classes,
+        which pick each image's profile when it is chosen per class)."""
+        if self.profile == "ramp":
+            return self._ramp_alpha(pose, centres, sigma, amp)
+        alpha = -torch.expm1(-self.lesion_sum(pose, centres, sigma, amp))
+        if not self.profile_per_class:
+            return alpha
+        if y is None:
+            raise ValueError("profiles per class: lesion_alpha needs the classes y")
+        ramp = torch.nonzero(self.class_ramp[y]).squeeze(1)  # only those images pay for the windows
+        if not len(ramp):
+            return alpha
+        return alpha.index_copy(0, ramp, self._ramp_alpha(pose[ramp], centres[ramp], sigma[ramp], amp[ramp]))
+
+    def _ramp_alpha(self, pose, centres, radius, opacity) -> torch.Tensor:
+        edge = (between(self.edge[0], profile_.EDGE_0) + between(self.edge[1], profile_.EDGE_K) * radius)
+        return profile_.ramp_discs(pose, centres, radius, edge, opacity, tuple(self.out_shape[1:]))
 
     def noise(self, u: torch.Tensor, amp: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W): amp times a window of the bank, its first row chosen by u (normal)."""
@@ -442,13 +490,15 @@ class AtlasGenerator(nn.Module):
             if self.gain_draw:
                 lo, hi = self.gain_range
                 gain = lo + (hi - lo) * torch.special.ndtr(parts["gain"].float())
-            lesions = (gain.view(-1, 1, 1) * self.lesion_alpha(pose, centres, sigma, amp))[:, None]
-            seen = 1.0 if self.profile == "gaussian" else profile_.OPACITY[0] / 2  # a disc that is on
+            lesions = (gain.view(-1, 1, 1) * self.lesion_alpha(pose, centres, sigma, amp, y))[:, None]
+            seen = profile_.OPACITY[0] / 2 if self.profile == "ramp" else 1.0  # a disc that is on
+            if self.profile_per_class:
+                seen = torch.where(self.class_ramp[y], profile_.OPACITY[0] / 2, 1.0)[:, None]
             self.last_stats = {"g_lesion_discs": (amp > seen).float().sum(1).mean().detach(),
                                "g_lesion_gain": gain.mean().detach(),
                                "g_disc_sigma": sigma.mean().detach(),
                                "g_area_reach": between(self.area_reach.detach(), AREA_REACH)}
-            if self.profile == "ramp":
+            if self.uses_ramp:
                 self.last_stats["g_disc_edge0"] = between(self.edge[0].detach(), profile_.EDGE_0)
                 self.last_stats["g_disc_edge_k"] = between(self.edge[1].detach(), profile_.EDGE_K)
             if self.noise_range is None:
