@@ -186,7 +186,8 @@ def generator_stats(model, names, negative: int) -> dict:
         h = G.trunk(torch.cat([p["z"], G.embed(y)], 1))
         _, sigma, amp, gain = G.draw_discs(h, p["area"], p["slots"], p.get("angle"), y)
         logit = G.area(h)[:, 1]  # the gain is lo + (hi - lo) sigmoid(this): genlab.nn.gan_atlas
-        ramp = getattr(G, "profile", "gaussian") == "ramp"  # sigma: the radius, amp: the opacity
+        profile = getattr(G, "profile", "gaussian")  # a name, or one per class
+        ramp = (profile if isinstance(profile, str) else profile[c]) == "ramp"  # radius, opacity
         on = amp > (0.25 if ramp else 1)
         out[name] = {"discs": float(on.float().sum(1).mean()),
                      "sigma_px": float(sigma[on].mean()) if on.any() else math.nan,

@@ -48,7 +48,12 @@ import torch.nn.functional as F
 from genlab.core.registry import register_family
 from genlab.data.base import DataInfo
 from genlab.families.base import EncoderSpec, Family, StepContext, eval_generator
-from genlab.families.gan_atlas import atlas_view, build_atlas_generator, fit_atlas_pose
+from genlab.families.gan_atlas import (
+    atlas_view,
+    build_atlas_generator,
+    fit_atlas_pose,
+    fit_atlas_pose_on_data,
+)
 from genlab.families.gan_census import LesionCensus
 from genlab.families.gan_config import GANConfig
 from genlab.families.gan_feature_match import ClassFeatureMatch
@@ -297,6 +302,10 @@ class GAN(Family):
             pe.lerp_(p.detach(), 1 - beta)
         for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
             be.copy_(b)
+
+    def on_fit_start(self, data, device: torch.device) -> None:
+        if self.cfg.g_atlas is not None and self.cfg.g_pose_cov == "full":
+            fit_atlas_pose_on_data(self.G, self.G_ema, data, device)
 
     def training_step(self, batch, ctx: StepContext):
         real = batch["x"]

@@ -15,6 +15,7 @@ import torch
 
 from genlab.core.errors import GenlabError, RecipeError
 from genlab.data.base import DataInfo
+from genlab.data.sampler import eval_batches
 from genlab.nn.gan_atlas import AtlasGenerator
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
         args["profile"] = profile
     if cfg.g_lesion_gain_draw:
         args["gain_draw"] = True
+    if cfg.g_pose_cov != "diagonal":
+        args["pose_cov"] = cfg.g_pose_cov
     if cfg.g_noise_range is not None:
         args["noise_range"] = [float(v) for v in cfg.g_noise_range]
     if cfg.g_lesion_share is not None:
@@ -112,10 +115,23 @@ def per_class_counts(counts: dict[str, float], class_names, key: str = "model.g_
 
 @torch.no_grad()
 def fit_atlas_pose(gen: AtlasGenerator, gen_ema: AtlasGenerator, real: torch.Tensor) -> None:
-    """At a run's first step: the real batch's pose statistics into G and its EMA copy."""
+    """The real images' pose statistics into G and its EMA copy (at a run's first step, from its
+    batch; with pose_cov full before it, from POSE_FIT_IMAGES training images)."""
     gen.fit_pose(real)
-    for name in ("pose_mean", "pose_sd", "pose_ready"):
+    for name in ("pose_mean", "pose_sd", "pose_ready") + (("pose_chol",) if gen.pose_cov == "full" else ()):
         getattr(gen_ema, name).copy_(getattr(gen, name))
+
+
+POSE_FIT_IMAGES = 1024  # a 6 x 6 covariance: 32 images (one batch) left its correlations to chance
+
+
+@torch.no_grad()
+def fit_atlas_pose_on_data(gen: AtlasGenerator, gen_ema: AtlasGenerator, data, device) -> None:
+    """Before a fresh run's first step (pose_cov full): the poses of the first POSE_FIT_IMAGES
+    training images. Draws no random numbers (the data source is indexed)."""
+    n = min(POSE_FIT_IMAGES, data.size("train"))
+    x = torch.cat([data.get("train", idx)["x"].to(device).float() for idx in eval_batches(n, 256)])
+    fit_atlas_pose(gen, gen_ema, x)
 
 
 def atlas_view(gen: AtlasGenerator, x: torch.Tensor, k: float) -> torch.Tensor:

@@ -143,6 +143,11 @@ class GANConfig:
                                               "uniformly in it from its own latent number, as the "
                                               "brain factory draws its [0, 0.05], not learnt from z "
                                               "(learnt, a hard-mode G gave every image ~0.012)")
+    g_pose_cov: Literal["diagonal", "full"] = param(
+        "diagonal", help="g_atlas: how G draws the anatomy's pose (scale, shift, gain, offset) around "
+        "the real slices' poses: diagonal (each number apart, the spread of the first batch) or full "
+        "(their covariance over 1,024 training slices, fitted before the first step: the brain "
+        "factory's gain and offset go together, correlation -0.68)")
     g_lesion_share: float | None = param(None, gt=0, lt=1, help="g_atlas, unconditional: each "
                                          "sample carries its lesions with a learnt probability "
                                          "(the share), starting at this value, trained as "
@@ -209,6 +214,8 @@ class GANConfig:
         if self.g_lesion_profile != "gaussian" and self.g_atlas is None:
             raise ValueError(f"g_lesion_profile: {self.g_lesion_profile} needs g_atlas (it shapes the "
                              f"atlas G's lesions)")
+        if self.g_pose_cov != "diagonal" and self.g_atlas is None:
+            raise ValueError(f"g_pose_cov: {self.g_pose_cov} needs g_atlas (the pose it draws)")
         if self.g_lesion_gain_draw and (self.g_atlas is None or self.g_lesion_gain is None):
             raise ValueError(f"g_lesion_gain_draw: true needs g_atlas and g_lesion_gain (the range it "
                              f"draws in; got g_atlas: {self.g_atlas}, g_lesion_gain: {self.g_lesion_gain})")

@@ -7,7 +7,12 @@ affine warp), frozen, and G draws three things from its latent vector:
 
     pose      (log scale x, y, shift x, y, log gain, offset) = pose_mean + pose_sd * (u_pose +
               linear(z)); the buffers hold the real images' pose statistics under the atlas's
-              pose net (`fit_pose`), so the anatomy is at a real-looking pose from step 0
+              pose net (`fit_pose`), so the anatomy is at a real-looking pose from step 0;
+              with pose_cov "full", pose_mean + L (u_pose + linear(z)), L the Cholesky factor
+              of their covariance: the brain factory's contrast pivots about a grey level, so
+              its gain and offset go together (correlation -0.68), and drawn apart they gave
+              healthy slices 12x the lesion judge's floor (with it and the noise amplitude
+              drawn as the factory draws it: 1.3x)
     lesions   a set of `slots` soft discs in template coordinates (below)
     noise     per-pixel uniform noise of a drawn amplitude, read from a fixed noise bank
 
@@ -136,7 +141,7 @@ class AtlasGenerator(nn.Module):
                  min_count: list[float] | None = None, min_sigma: list[float] | None = None,
                  min_spacing: list[float] | None = None, lesion_share: float | None = None,
                  gain_draw: bool = False, noise_range: tuple[float, float] | None = None,
-                 profile: str | list[str] = "gaussian"):
+                 profile: str | list[str] = "gaussian", pose_cov: str = "diagonal"):
         super().__init__()
         # a name: every class; a list: one per class (as layout)
         self.profile_per_class = not isinstance(profile, str)
@@ -186,6 +191,11 @@ class AtlasGenerator(nn.Module):
         self.register_buffer("pose_mean", torch.zeros(6))
         self.register_buffer("pose_sd", torch.zeros(6))  # 0 until fit_pose: the template's own pose
         self.register_buffer("pose_ready", torch.tensor(False))
+        if pose_cov not in ("diagonal", "full"):
+            raise ValueError(f"pose_cov: expected 'diagonal' or 'full', got {pose_cov!r}")
+        self.pose_cov = pose_cov
+        if pose_cov == "full":  # 0 until fit_pose, as pose_sd
+            self.register_buffer("pose_chol", torch.zeros(6, 6))
         self.register_buffer("area_centre", torch.zeros(2))  # head ellipse, normalised coordinates
         self.register_buffer("area_axes", torch.ones(2))
         gen = torch.Generator().manual_seed(NOISE_BANK_SEED)  # fixed: rebuilt, never saved
@@ -313,6 +323,12 @@ class AtlasGenerator(nn.Module):
         p = self.atlas.pose(x.float())
         self.pose_mean.copy_(p.mean(0))
         self.pose_sd.copy_(p.std(0) if len(p) > 1 else torch.zeros(6))
+        if self.pose_cov == "full":
+            if len(p) < 12:
+                raise ValueError(f"pose_cov full: fit_pose needs at least 12 images for a 6 x 6 "
+                                 f"covariance, got {len(p)}")
+            cov = torch.cov(p.T.double()) + 1e-10 * torch.eye(6, dtype=torch.float64)
+            self.pose_chol.copy_(torch.linalg.cholesky(cov).float())
         self.pose_ready.fill_(True)
 
     # -- drawing -------------------------------------------------------------------------------
@@ -331,7 +347,10 @@ class AtlasGenerator(nn.Module):
         return parts
 
     def draw_pose(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        p = self.pose_mean + self.pose_sd * (u + self.pose(z))
+        if self.pose_cov == "full":
+            p = self.pose_mean + (u + self.pose(z)) @ self.pose_chol.T
+        else:
+            p = self.pose_mean + self.pose_sd * (u + self.pose(z))
         a = self.atlas  # the atlas's own bounds on the warp
         geo = torch.cat([a.max_log_scale * torch.tanh(p[:, :2] / a.max_log_scale),
                          a.max_shift * torch.tanh(p[:, 2:4] / a.max_shift)], 1)
