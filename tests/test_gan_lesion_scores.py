@@ -260,3 +260,27 @@ def test_judge_accuracy_script_measures_the_judge_on_both_modes(judge_run):
         assert got["accuracy"] == pytest.approx(float((calls == b["y"]).float().mean()))
         assert got["lesion_rate"] == pytest.approx(float((calls != 3).float().mean()))
         assert got["lesion_share"] == pytest.approx(float((b["y"] != 3).float().mean()))
+
+
+def test_gan_score_draws_reads_disjoint_parts_and_the_mean_fd_over_the_mean_floor(judge_run, tmp_path):
+    """scripts/gan_score.py --draws K: K readings on disjoint parts of the split (each its own
+    real slices and generator noise), and the ratio of their sums; part 0 reads as a plain
+    evaluation of a split of one part's size."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gan_score.py"
+    spec = importlib.util.spec_from_file_location("gan_score", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    t = _quiet_run(_gan_recipe(judge_run / "judge", steps=2), tmp_path)
+    per = 2 * t.model.cfg.fid_samples
+    run = load_run(t.run_dir, "last", data_overrides=[f"val_size={3 * per}"])
+    out = script.draws(run, "val", 3)
+    name = t.model._lesion.judge.name
+    fd, floor = out[f"draws_fid/{name}"], out[f"draws_fid_floor/{name}"]
+    assert out["draw_size"] == per and len(fd) == len(floor) == 3 and len(set(fd)) == 3
+    assert out[f"draws_fid_ratio/{name}"] == pytest.approx(sum(fd) / sum(floor))
+    first = script.evaluate(load_run(t.run_dir, "last", data_overrides=[f"val_size={per}"]), "val")
+    assert first[f"fid/{name}"] == pytest.approx(fd[0], rel=1e-4)
+    assert first[f"fid_floor/{name}"] == pytest.approx(floor[0], rel=1e-4)
