@@ -15,7 +15,7 @@ around a better generator.
 --draws K scores K disjoint parts of the split (each 2 x fid_samples real slices, the same
 generator noise for the same indices in every run, so two runs are compared on the same draws)
 and adds, per Frechet key, the K values and the mean distance over the mean floor: one reading
-of one generator at n = 500 swung 4.8-12.0x over five draws.
+of one generator at n = 500 read 3.0-7.9x over five draws, its floor 3.2-5.4.
 
 Prints the metrics as JSON (and writes them to --out if given). Uses the run's recipe, so the
 split, its size and fid_samples are those the run was scored with. The run is loaded read-only
