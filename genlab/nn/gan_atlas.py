@@ -119,6 +119,18 @@ LAYOUTS = ("slots", "lattice")
 PROFILES = ("gaussian", "ramp")
 
 
+def names_per_class(key: str, value: str | list[str], allowed: tuple[str, ...],
+                    num_classes: int) -> list[str]:
+    """`value` (one name for every class, or a list of one per class) as a list, checked."""
+    names = [value] if isinstance(value, str) else list(value)
+    if not names or any(v not in allowed for v in names):
+        raise ValueError(f"{key}: expected {' or '.join(map(repr, allowed))} (or a list of them, one "
+                         f"per class), got {value!r}")
+    if not isinstance(value, str) and len(names) != num_classes:
+        raise ValueError(f"{key}: a list needs one entry per class ({num_classes}), got {value!r}")
+    return names
+
+
 def into_disc(q: torch.Tensor) -> torch.Tensor:
     """(..., 2) -> the same point, or, outside the unit disc, the nearest point on its edge."""
     return q / q.norm(dim=-1, keepdim=True).clamp_min(1.0)
@@ -145,12 +157,7 @@ class AtlasGenerator(nn.Module):
         super().__init__()
         # a name: every class; a list: one per class (as layout)
         self.profile_per_class = not isinstance(profile, str)
-        profiles = list(profile) if self.profile_per_class else [profile]
-        if not profiles or any(v not in PROFILES for v in profiles):
-            raise ValueError(f"profile: expected one of {', '.join(PROFILES)} (or a list of them, one "
-                             f"per class), got {profile!r}")
-        if self.profile_per_class and len(profiles) != num_classes:
-            raise ValueError(f"profile: a list needs one entry per class ({num_classes}), got {profile!r}")
+        profiles = names_per_class("profile", profile, PROFILES, num_classes)
         self.profile = profiles if self.profile_per_class else profile
         self.uses_ramp = "ramp" in profiles
         # a disc's size (gaussian: its sigma; ramp: its radius), px: (its range, where it starts);
@@ -161,13 +168,7 @@ class AtlasGenerator(nn.Module):
         self.out_shape, self.code_dim, self.slots = [c, h, w], int(code_dim), int(slots)
         # a name: every class; a list: one per class (the same key in a bundle either way)
         self.per_class = not isinstance(layout, str)
-        layouts = list(layout) if self.per_class else [layout]
-        bad = [v for v in layouts if v not in LAYOUTS]
-        if bad or not layouts:
-            raise ValueError(f"layout: expected 'slots' or 'lattice' (or a list of them, one per "
-                             f"class), got {layout!r}")
-        if self.per_class and len(layouts) != num_classes:
-            raise ValueError(f"layout: a list needs one entry per class ({num_classes}), got {layout!r}")
+        layouts = names_per_class("layout", layout, LAYOUTS, num_classes)
         self.layout = layouts if self.per_class else layout
         self.uses_lattice = "lattice" in layouts
         # the range of the lesion gain; given, G starts at its middle (default: LESION_GAIN, 0.35)
