@@ -211,6 +211,14 @@ def resume_matches_full(tmp_path, model: dict) -> Trainer:
     return full
 
 
+def exported_generator(model, tmp_path, n: int = 4) -> AtlasGenerator:
+    """The run's exported generator, reloaded: it draws what the run's G_ema draws."""
+    gen = load_generator(model.export_generator(tmp_path / "gen"))
+    z, y = torch.randn(n, gen.z_dim), torch.arange(n)
+    torch.testing.assert_close(gen(z, y), model.G_ema.eval()(z, y))
+    return gen
+
+
 def test_resume_is_exact_with_the_atlas_generator(tmp_path):
     resume_matches_full(tmp_path, {"conditional": True, "ac_weight": 1.0, "r1_gamma": 1.0, "r1_every": 2,
                                    "d_augment": ["translation"], "g_diversity": 0.5})

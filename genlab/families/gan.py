@@ -126,10 +126,9 @@ class GAN(Family):
         self._judge = {"net": judge}
         self._lesion = (None if cfg.lesion_judge is None
                         else LesionScores(cfg.lesion_judge, info, cfg.conditional))
-        self.monitor = {"agreement": ("agreement_mean", "max"),
-                        "fid": (f"fid/{self.judge_name}", "min"),
-                        "lesion_fd": (f"fid_ratio/{self._lesion.judge.name}" if self._lesion else "",
-                                      "min")}[cfg.best_on]
+        self.monitor = (("agreement_mean", "max") if cfg.best_on == "agreement"
+                        else (f"fid_ratio/{self._lesion.judge.name}", "min") if cfg.best_on == "lesion_fd"
+                        else (f"fid/{self.judge_name}", "min"))
         self._d_low = 0  # consecutive steps with the D loss below D_WINS_LOSS
         self._warned: set[str] = set()
 

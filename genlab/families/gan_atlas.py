@@ -48,12 +48,13 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
             "max_log_scale": float(atlas_cfg.get("max_log_scale", 0.3)),
             "max_shift": float(atlas_cfg.get("max_shift", 0.3))}
     # only when not the default: bundles written before these keys load as they were
-    layout = layouts_per_class(cfg.g_lesion_layout, info.class_names)
+    layout = names_in_class_order(cfg.g_lesion_layout, info.class_names, "model.g_lesion_layout", "slots")
     if layout != "slots":
         args["layout"] = layout
     if cfg.g_lesion_gain is not None:
         args["lesion_gain"] = [float(v) for v in cfg.g_lesion_gain]
-    profile = layouts_per_class(cfg.g_lesion_profile, info.class_names, "model.g_lesion_profile", "gaussian")
+    profile = names_in_class_order(cfg.g_lesion_profile, info.class_names, "model.g_lesion_profile",
+                                   "gaussian")
     if profile != "gaussian":
         args["profile"] = profile
     if cfg.g_lesion_gain_draw:
@@ -86,19 +87,18 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
     return gen, args
 
 
-def layouts_per_class(layout: str | dict[str, str], class_names, key: str = "model.g_lesion_layout",
-                      unnamed: str = "slots") -> str | list[str]:
-    """model.g_lesion_layout (or g_lesion_profile) as the generator takes it: a name as it is; a
-    mapping of class names to names as one per class of the data, in class order, `unnamed`
-    where a class is not named."""
-    if isinstance(layout, str):
-        return layout
+def names_in_class_order(value: str | dict[str, str], class_names, key: str, unnamed: str) -> str | list[str]:
+    """A per-class key (model.g_lesion_layout, g_lesion_profile) as the generator takes it: a
+    name as it is; a mapping of class names to names as one per class of the data, in class
+    order, `unnamed` where a class is not named."""
+    if isinstance(value, str):
+        return value
     names = [str(c) for c in class_names]
-    unknown = [c for c in layout if c not in names]
+    unknown = [c for c in value if c not in names]
     if unknown:
-        raise RecipeError(key, f"unknown class {unknown[0]!r} in {layout}; "
+        raise RecipeError(key, f"unknown class {unknown[0]!r} in {value}; "
                           f"expected class names of the data: {', '.join(names)}")
-    return [layout.get(c, unnamed) for c in names]
+    return [value.get(c, unnamed) for c in names]
 
 
 def per_class_counts(counts: dict[str, float], class_names, key: str = "model.g_lesion_min_count",
@@ -146,5 +146,5 @@ def atlas_view(gen: AtlasGenerator, x: torch.Tensor, k: float) -> torch.Tensor:
     return x + k * (x - base)
 
 
-__all__ = ["KEY", "atlas_view", "build_atlas_generator", "fit_atlas_pose", "layouts_per_class",
-           "per_class_counts"]
+__all__ = ["KEY", "POSE_FIT_IMAGES", "atlas_view", "build_atlas_generator", "fit_atlas_pose",
+           "fit_atlas_pose_on_data", "names_in_class_order", "per_class_counts"]
