@@ -96,8 +96,8 @@ def draw_samples(model, labels: torch.Tensor, gain=None, sigma_scale: dict | Non
     draw = G.draw_discs
     names = list(model.info.class_names)
 
-    def changed(h, u_area, u_slots, u_angle=None, y=None):
-        c, s, amp, g = draw(h, u_area, u_slots, u_angle, y)
+    def changed(h, u_area, u_slots, u_angle=None, y=None, u_count=None):
+        c, s, amp, g = draw(h, u_area, u_slots, u_angle, y, u_count)
         g = g if gain is None else gain(g) if callable(gain) else torch.full_like(g, gain)
         factor = torch.ones_like(g)
         for name, f in (sigma_scale or {}).items():
@@ -184,7 +184,7 @@ def generator_stats(model, names, negative: int) -> dict:
             continue
         y = torch.full((BATCH,), c)
         h = G.trunk(torch.cat([p["z"], G.embed(y)], 1))
-        _, sigma, amp, gain = G.draw_discs(h, p["area"], p["slots"], p.get("angle"), y)
+        _, sigma, amp, gain = G.draw_discs(h, p["area"], p["slots"], p.get("angle"), y, p.get("count"))
         logit = G.area(h)[:, 1]  # the gain is lo + (hi - lo) sigmoid(this): genlab.nn.gan_atlas
         profile = getattr(G, "profile", "gaussian")  # a name, or one per class
         ramp = (profile if isinstance(profile, str) else profile[c]) == "ramp"  # radius, opacity

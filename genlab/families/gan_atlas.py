@@ -69,6 +69,10 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
         args["anatomy_maps"] = int(cfg.g_anatomy_residual)
     if cfg.g_lesion_min_count:
         args["min_count"] = per_class_counts(cfg.g_lesion_min_count, info.class_names)
+    if cfg.g_lesion_count_draw:
+        ranges = names_in_class_order(cfg.g_lesion_count_draw, info.class_names,
+                                      "model.g_lesion_count_draw", None)
+        args["count_range"] = [None if r is None else list(r) for r in ranges]
     if cfg.g_lesion_min_sigma:
         args["min_sigma"] = per_class_counts(cfg.g_lesion_min_sigma, info.class_names,
                                              "model.g_lesion_min_sigma", 0.5)
@@ -87,10 +91,10 @@ def build_atlas_generator(cfg: GANConfig, info: DataInfo, num_classes: int) -> t
     return gen, args
 
 
-def names_in_class_order(value: str | dict[str, str], class_names, key: str, unnamed: str) -> str | list[str]:
-    """A per-class key (model.g_lesion_layout, g_lesion_profile) as the generator takes it: a
-    name as it is; a mapping of class names to names as one per class of the data, in class
-    order, `unnamed` where a class is not named."""
+def names_in_class_order(value: str | dict, class_names, key: str, unnamed) -> str | list:
+    """A per-class key (model.g_lesion_layout, g_lesion_profile, g_lesion_count_draw) as the
+    generator takes it: a name as it is; a mapping of class names to values as one value per class
+    of the data, in class order, `unnamed` where a class is not named."""
     if isinstance(value, str):
         return value
     names = [str(c) for c in class_names]

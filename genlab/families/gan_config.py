@@ -121,6 +121,12 @@ class GANConfig:
     g_lesion_min_count: dict[str, float] = param(default_factory=dict, help="g_atlas, conditional: "
                                                  "class name -> the least number of discs G draws "
                                                  "for it, e.g. {B: 4} (classes not named: none)")
+    g_lesion_count_draw: dict[str, list[int]] = param(default_factory=dict, help="g_atlas, conditional: "
+                                                      "class name -> [least, most] discs, e.g. "
+                                                      "{B: [4, 11]}: each image of that class draws its "
+                                                      "disc count uniformly in it, as the factory draws "
+                                                      "its tumour counts, not learnt (classes not "
+                                                      "named: learnt)")
     g_lesion_min_sigma: dict[str, float] = param(default_factory=dict, help="g_atlas, conditional: "
                                                  "class name -> the least sigma (px) of its discs, "
                                                  "e.g. {B: 1.2} (classes not named: 0.5, the least "
@@ -254,6 +260,19 @@ class GANConfig:
         if bad:
             raise ValueError(f"g_lesion_min_count: expected counts in [0, g_lesion_slots = "
                              f"{self.g_lesion_slots}], got {bad}")
+        counts = self.g_lesion_count_draw
+        if counts and not (self.conditional and self.g_atlas is not None):
+            raise ValueError(f"g_lesion_count_draw: {counts} needs g_atlas and conditional: true")
+        bad = {c: v for c, v in counts.items()
+               if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(n, int) for n in v)
+                       and 0 <= v[0] <= v[1] <= self.g_lesion_slots)}
+        if bad:
+            raise ValueError(f"g_lesion_count_draw: expected [least, most], whole numbers with 0 <= least "
+                             f"<= most <= g_lesion_slots = {self.g_lesion_slots}, got {bad}")
+        both = sorted(set(counts) & set(self.g_lesion_min_count))
+        if both:
+            raise ValueError(f"g_lesion_count_draw and g_lesion_min_count both name class {both[0]!r}: a "
+                             f"drawn count has its least in its range")
         if self.ac_pool != "max" and self.ac_weight == 0:
             raise ValueError(f"ac_pool: {self.ac_pool} needs ac_weight > 0 (the class head it pools for)")
         gain = self.g_lesion_gain
