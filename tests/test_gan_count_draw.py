@@ -18,7 +18,7 @@ from genlab.nn.gan_atlas import AtlasGenerator
 
 def _pair():
     """A G drawing class 1's count in [3, 9] and a plain G with the same weights."""
-    args = dict(out_shape=[1, 32, 24], widths=[4], up=2, code_dim=8, num_classes=3, slots=12)
+    args = {"out_shape": [1, 32, 24], "widths": [4], "up": 2, "code_dim": 8, "num_classes": 3, "slots": 12}
     drawn = AtlasGenerator(**args, count_range=[None, [3, 9], None])
     plain = AtlasGenerator(**args)
     with torch.no_grad():
